@@ -1,0 +1,5 @@
+"""`python -m provbackup` runs the command line."""
+
+from provbackup.cli import main
+
+raise SystemExit(main())

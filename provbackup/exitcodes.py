@@ -1,0 +1,23 @@
+"""Process exit codes of the `provbackup` command.
+
+These are for systemd and shell scripts, not for LDAP: the return values of a step
+(`provbackup.errors`) are a different table. The numbers follow sysexits(3) where one
+fits, so that `RestartPreventExitStatus=` in the unit can name the ones a restart
+cannot cure. docs/exit-codes.md lists them for operators.
+"""
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """How the provbackup process ended."""
+
+    OK = 0
+    #: an unexpected internal error (a bug); systemd restarts the service
+    INTERNAL_ERROR = 1
+    #: wrong command line (argparse's own code)
+    USAGE = 2
+    #: the configuration file is missing or wrong; a restart cannot help
+    CONFIG_ERROR = 78
+    #: interrupted by the operator (Ctrl-C), as a shell reports SIGINT
+    INTERRUPTED = 130
