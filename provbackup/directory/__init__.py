@@ -1,0 +1,1 @@
+"""Everything LDAP: nothing outside this package imports ldap3."""

@@ -1,0 +1,1 @@
+"""Everything libvirt and qemu-img: nothing outside this package imports libvirt."""
