@@ -24,6 +24,7 @@ import ldap3
 import pytest
 from ldap3.core.exceptions import LDAPException
 
+from provbackup.config import LdapSettings, Secret
 from tests.rig.slapd import Slapd
 from tests.shared import SHARED, on_ci
 
@@ -43,6 +44,18 @@ STONEY_LDAP_DIR = SHARED / "stoney-ldap"
 
 SUFFIX = "dc=stoney-cloud,dc=org"
 SERVICE_DN = f"ou=virtualization,ou=services,{SUFFIX}"
+
+
+def rig_ldap_settings(rig: Slapd, cookie_file: Path, **overrides) -> LdapSettings:
+    """provbackup's LDAP settings for a rig slapd (plain LDAP on loopback unless overridden)."""
+    values = dict(
+        server="127.0.0.1", port=rig.port, tls="none", tls_ca_file=None, tls_verify=True,
+        bind_dn=rig.root_dn, password=Secret(rig.root_password), password_file=None,
+        timeout=10, service_subtree=SERVICE_DN,
+        cloud_wide_dn=f"ou=backup,ou=configuration,{SERVICE_DN}", cookie_file=cookie_file,
+        default_cookie="rid=001,csn=", search_filter=None)
+    values.update(overrides)
+    return LdapSettings(**values)
 
 
 @dataclass
