@@ -9,6 +9,7 @@ password is handed to ldap3 and nowhere else; it is never logged.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 
 import ldap3
@@ -59,15 +60,23 @@ def server(settings: LdapSettings) -> ldap3.Server:
                         connect_timeout=settings.timeout)
 
 
-def connect(settings: LdapSettings, strategy: str = ldap3.SYNC) -> ldap3.Connection:
-    """Open, secure and bind a connection; raise a DirectoryError subclass on failure."""
+def connect(settings: LdapSettings, streaming: bool = False) -> ldap3.Connection:
+    """Open, secure and bind a connection; raise a DirectoryError subclass on failure.
+
+    `streaming` gives the ASYNC_STREAM connection a never-ending syncrepl search needs.
+    It has no receive timeout: ldap3 2.9.1's receiver thread spins for ever on a closed
+    socket when one is set. TCP keepalive notices a dead server instead.
+    """
     conn = ldap3.Connection(server(settings), user=settings.bind_dn,
                             password=settings.password.reveal(), auto_bind=ldap3.AUTO_BIND_NONE,
-                            client_strategy=strategy, raise_exceptions=True,
-                            receive_timeout=settings.timeout, auto_referrals=False)
+                            client_strategy=ldap3.ASYNC_STREAM if streaming else ldap3.SYNC,
+                            raise_exceptions=True, auto_referrals=False,
+                            receive_timeout=None if streaming else settings.timeout)
     where = f"{settings.uri} as {settings.bind_dn}"
     try:
         _open(conn, settings, where)
+        if streaming:
+            _keepalive(conn.socket, settings.timeout)
         if settings.tls == "starttls":
             _start_tls(conn, where)
         conn.bind()
@@ -82,6 +91,14 @@ def connect(settings: LdapSettings, strategy: str = ldap3.SYNC) -> ldap3.Connect
         raise
     log.debug("connected to %s (TLS: %s)", where, settings.tls)
     return conn
+
+
+def _keepalive(sock: socket.socket, timeout: int) -> None:
+    """Probe an idle connection so that a vanished server is noticed within ~2 timeouts."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, timeout))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, timeout // 3))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
 
 
 def _open(conn: ldap3.Connection, settings: LdapSettings, where: str) -> None:

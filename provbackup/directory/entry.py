@@ -1,8 +1,8 @@
 """A directory entry as plain data: what the rest of provbackup sees of LDAP.
 
 The mirror, the gate and the configuration resolution work on these; none of them
-needs ldap3. Attribute names are case-insensitive in LDAP, so they are kept
-lower-cased; values stay as the server sent them.
+needs ldap3. Attribute names keep the server's spelling (for the LDIF export) but
+are looked up case-insensitively, as LDAP compares them.
 """
 
 from __future__ import annotations
@@ -15,10 +15,14 @@ from provbackup.directory.dn import normalize_dn, parent_dn
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One entry: its DN and its attributes (lower-cased name -> values)."""
+    """One entry: its DN and its attributes (name -> values)."""
 
     dn: str
     attributes: Mapping[str, tuple[str, ...]]
+    _index: Mapping[str, str] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {name.lower(): name for name in self.attributes})
 
     @classmethod
     def from_dict(cls, dn: str, attributes: Mapping[str, Iterable[str] | str]) -> Entry:
@@ -27,8 +31,9 @@ class Entry:
         for name, values in attributes.items():
             if isinstance(values, (str, bytes)):
                 values = (values,)
-            normalized[name.lower()] = tuple(
-                v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values)
+            normalized[name] = tuple(
+                v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else str(v)
+                for v in values)
         return cls(dn, normalized)
 
     @property
@@ -43,7 +48,8 @@ class Entry:
 
     def values(self, name: str) -> tuple[str, ...]:
         """Every value of an attribute (empty when absent)."""
-        return self.attributes.get(name.lower(), ())
+        real = self._index.get(name.lower())
+        return self.attributes[real] if real is not None else ()
 
     def first(self, name: str, default: str | None = None) -> str | None:
         """The first value of an attribute, or `default`."""
