@@ -255,3 +255,32 @@ def test_two_consumers_racing_for_one_leaf_one_wins(directory, stack, tmp_path):
     wait_for(lambda: read(directory, dn)["sstProvisioningMode"] == ["snapshotting"], "the lock")
     time.sleep(0.5)
     assert one.queue.qsize() + two.queue.qsize() == 1
+
+
+def test_refresh_required_drops_the_mirror_and_refreshes_fully(tmp_path):
+    """With syncprov-reloadhint, a stale cookie gets 4096: the mirror is rebuilt from scratch."""
+    import types
+
+    from tests.rig.ldap_fixtures import PROJECT_SCHEMA_FILES, SAMPLE_LDIF, SERVICE_DN, SUFFIX
+    from tests.rig.slapd import Slapd
+    server = Slapd(tmp_path / "slapd", PROJECT_SCHEMA_FILES, SUFFIX, reload_hint=True)
+    try:
+        server.add_ldif(SAMPLE_LDIF)
+        view = types.SimpleNamespace(slapd=server, service_dn=SERVICE_DN, conn=server.connection())
+        first = Stack(view, tmp_path).start()
+        first.stop()
+        mirror = Mirror(first.settings.cookie_file)
+        ghost = f"cn=ghost,ou=virtual machines,{SERVICE_DN}"
+        mirror.upsert("00000000-0000-0000-0000-000000000001", ghost, {"cn": ["ghost"]})
+        mirror.commit(b"rid=001,csn=20000101000000.000000Z#000000#000#000000")
+        mirror.close()
+        second = Stack(view, tmp_path).start()
+        try:
+            assert second.mirror.get(ghost) is None
+            assert mirror_dns(second) == server_dns(view)
+            assert second.settings.cookie_file.read_bytes().startswith(b"rid=001,csn=2026")
+        finally:
+            second.stop()
+            view.conn.unbind()
+    finally:
+        server.stop()

@@ -135,7 +135,7 @@ class Slapd:
 
     def __init__(self, workdir: Path, schema_files: Sequence[Path],
                  suffix: str, *, tls: TlsFiles | tuple | None = None,
-                 start_timeout: float = 15.0) -> None:
+                 start_timeout: float = 15.0, reload_hint: bool = False) -> None:
         """Configure a new server in workdir and start it.
 
         workdir may exist but must not hold a configured server (slapd.d).
@@ -145,6 +145,9 @@ class Slapd:
         self.schema_files = [Path(p).resolve() for p in schema_files]
         self.tls = TlsFiles(*tls) if tls is not None else None
         self.start_timeout = start_timeout
+        # syncprov-reloadhint TRUE: a stale cookie gets e-syncRefreshRequired (4096)
+        # instead of a silent full refresh.
+        self.reload_hint = reload_hint
         self.root_dn = f"cn=admin,{suffix}"
         self.root_password = secrets.token_urlsafe(24)
         self.port = _free_port()
@@ -230,6 +233,8 @@ class Slapd:
             "syncprov-checkpoint 100 10",
             "syncprov-sessionlog 1000",
         ]
+        if self.reload_hint:
+            lines.append("syncprov-reloadhint TRUE")
         return "\n".join(lines) + "\n"
 
     def _configure(self) -> None:
