@@ -104,6 +104,7 @@ class Config:
     ldap: LdapSettings
     libvirt_uri: str
     max_concurrent_steps: int
+    state_directory: Path
     reconnect_sleep: int
     reconnect_attempts: int
     values: dict = dataclasses.field(repr=False, compare=False)
@@ -334,6 +335,7 @@ def _assemble(path: Path, values: dict, defaulted: frozenset, cloud_wide: str,
         path=path, node=get("Global", "ENVIRONMENT"), log_level=log_level, ldap=ldap,
         libvirt_uri=get("Hypervisor", "LIBVIRT_URI"),
         max_concurrent_steps=get("Daemon", "MAX_CONCURRENT_STEPS"),
+        state_directory=get("Daemon", "STATE_DIRECTORY"),
         reconnect_sleep=get("Operation Mode", "SLEEP"),
         reconnect_attempts=get("Operation Mode", "ATTEMPTS"),
         values=values, defaulted=defaulted, warnings=warnings)

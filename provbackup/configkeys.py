@@ -183,6 +183,7 @@ KEYS: tuple[Key, ...] = (
     # provbackup's own sections.
     Key("Hypervisor", "LIBVIRT_URI", libvirt_uri, "qemu:///system"),
     Key("Daemon", "MAX_CONCURRENT_STEPS", integer(1, 64), 2),
+    Key("Daemon", "STATE_DIRECTORY", absolute_path, Path("/var/lib/provbackup")),
     Key("Daemon", "IGNORE_UNKNOWN_KEYS", boolean, False),
 )
 
