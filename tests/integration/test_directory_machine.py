@@ -1,6 +1,5 @@
 """What the steps read of a VM, from the mirror of the real slapd, and the LDIF export."""
 
-import datetime
 
 import ldap3
 import pytest
