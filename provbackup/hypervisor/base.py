@@ -78,3 +78,18 @@ class Hypervisor(Protocol):
         merge (0 = unlimited). CannotMergeDiskImagesError (11) on failure; the domain
         keeps running on its overlay then, and the commit can be tried again.
         """
+
+    def saved_definition(self, state_file: Path) -> str:
+        """The domain XML inside a memory state file (CannotReadStateFileError, 44)."""
+
+    def restore(self, state_file: Path, xml: str) -> None:
+        """Resume a domain from a memory state file, running, with exactly this XML (21)."""
+
+    def define(self, xml: str) -> str:
+        """Define (or redefine) a domain persistently; returns its name (41)."""
+
+    def start(self, name: str) -> None:
+        """Start a defined domain; a running one is left alone (42)."""
+
+    def exists(self, name: str) -> bool:
+        """Whether a domain of this name is defined or running here."""

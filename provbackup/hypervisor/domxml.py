@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from provbackup.errors import (BackendXmlInconsistencyError, StepError, UndefinedError,
-                               UnknownBackendTypeError)
+from provbackup.errors import (BackendXmlInconsistencyError, CannotReadXmlFileError, StepError,
+                               UndefinedError, UnknownBackendTypeError)
 from provbackup.hypervisor import qemuimg
 from provbackup.hypervisor.base import DomainDisk
 
@@ -90,3 +90,39 @@ def snapshot_xml(name: str, root: ET.Element, overlays: dict[str, Path],
         ET.SubElement(disk, "driver", type="qcow2")
         ET.SubElement(disk, "source", file=str(overlays[target]))
     return ET.tostring(snap, encoding="unicode")
+
+
+def read_disks(xml: str) -> dict[str, Path]:
+    """target -> image file of each file disk in a backed-up domain XML (45 if unreadable)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as e:
+        raise CannotReadXmlFileError(f"not domain XML: {e}") from None
+    if root.tag != "domain":
+        raise CannotReadXmlFileError(f"not domain XML: the root element is <{root.tag}>")
+    return {target_of(el): Path(el.find("source").get("file")) for el in file_disks(root)}
+
+
+def with_disk_sources(xml: str, sources: dict[str, Path]) -> str:
+    """The domain XML with each listed disk on a standalone image at the given path.
+
+    A memory state file remembers the disks as they were at the snapshot; a restore
+    must name the images that are actually there (TEST-RIG pitfall), so the sources
+    are set explicitly and any recorded backing chain is dropped.
+    """
+    try:
+        root = parse(xml)
+    except ET.ParseError as e:
+        raise CannotReadXmlFileError(f"not domain XML: {e}") from None
+    found = set()
+    for el in file_disks(root):
+        target = target_of(el)
+        if target not in sources:
+            continue
+        el.find("source").set("file", str(sources[target]))
+        for below in el.findall("backingStore"):
+            el.remove(below)
+        found.add(target)
+    if missing := sorted(set(sources) - found):
+        raise BackendXmlInconsistencyError(f"the domain XML has no file disk(s) {missing}")
+    return ET.tostring(root, encoding="unicode")

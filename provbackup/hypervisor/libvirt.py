@@ -367,6 +367,14 @@ class LibvirtHypervisor:
 
     # --- restore and friends ----------------------------------------------
 
+    def exists(self, name: str) -> bool:
+        """Whether a domain of this name is defined or running here."""
+        try:
+            self._lookup(name)
+        except CannotFindMachineError:
+            return False
+        return True
+
     def destroy(self, name: str) -> None:
         """Stop the domain at once (like pulling the plug); a stopped domain is fine."""
         dom = self._lookup(name)
