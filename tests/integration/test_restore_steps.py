@@ -9,7 +9,7 @@ from provbackup.workflow.merge import merge
 from provbackup.workflow.restore import restore, unretain_large_files, unretain_small_files
 from provbackup.workflow.retain import retain
 from provbackup.workflow.snapshot import snapshot
-from tests.integration.test_backup_steps import DATE, assert_contiguous, make_context
+from tests.integration.test_backup_steps import assert_contiguous, make_context
 from tests.rig.guest import read_console, read_records
 
 pytestmark = pytest.mark.integration
