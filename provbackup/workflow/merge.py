@@ -32,6 +32,7 @@ def merge(ctx: StepContext) -> dict[str, float]:
     journal = ctx.journals.advance(journal, ctx.vm, ctx.date, Phase.MERGING)
     storage.require_root(layout.backup_root, errors.BackupRootDirectoryDoesNotExistError)
     storage.make_directories(layout.backup_root, layout.intermediate, *ctx.dir_mode())
+    storage.remove_stale_temporaries(layout.backup)  # from a copy cut short by a crash
     live = {d.target: str(d.source) for d in domain.disks}
     for disk in ctx.machine.disks:
         record = journal.disks.setdefault(disk.target, {"source": disk.source})

@@ -69,8 +69,14 @@ def restore(ctx: StepContext) -> dict[str, float]:
     layout = ctx.layout()
     hv = ctx.hypervisor
     if hv.exists(ctx.vm) and hv.domain(ctx.vm).state is PowerState.RUNNING:
-        raise errors.CannotLockMachineError(
-            f"{ctx.vm} is running; it must be destroyed before its disks are replaced")
+        asides = [_aside(Path(d.source), ctx.date) for d in ctx.machine.disks]
+        if not any(a.exists() for a in asides):
+            raise errors.CannotLockMachineError(
+                f"{ctx.vm} is running; it must be destroyed before its disks are replaced")
+        # Our own restore got this far before it was interrupted: only tidying is left.
+        ctx.log.info("the restored VM already runs; finishing the interrupted restore")
+        _finish(ctx, layout, asides)
+        return {"restore": ctx.clock() - start}
     xml_file, state_file = layout.small_file("xml"), layout.small_file("state")
     try:
         backed_up_xml = xml_file.read_text(encoding="utf-8")
@@ -82,18 +88,31 @@ def restore(ctx: StepContext) -> dict[str, float]:
     if set(images) != set(ldap_paths):
         raise errors.BackendXmlInconsistencyError(
             f"the backup has disks {sorted(images)}, the directory {sorted(ldap_paths)}")
-    if missing := [str(p) for p in [*images.values(), state_file] if not p.exists()]:
+    # An image already moved into place by an interrupted restore has its predecessor
+    # aside: that counts as present (the step is run again after a crash).
+    missing = [str(image) for target, image in images.items()
+               if not image.exists() and not _aside(ldap_paths[target], ctx.date).exists()]
+    if not state_file.exists():
+        missing.append(str(state_file))
+    if missing:
         raise errors.MissingNecessaryFilesError(f"not in the working directory: {', '.join(missing)}")
 
     replaced = _put_in_place(images, ldap_paths, ctx.date)
     _bring_back(ctx, state_file, backed_up_xml, ldap_paths)
+    _finish(ctx, layout, replaced)
+    return {"restore": ctx.clock() - start}
+
+
+def _finish(ctx: StepContext, layout: Layout, replaced: list[Path]) -> None:
+    """The VM runs on the restored images: drop the old ones and the working directory."""
     for old in replaced:
         old.unlink(missing_ok=True)
+    if not layout.working.exists():
+        return
     try:
         storage.remove_tree(layout.working, layout.retain_root)
     except errors.StepError as e:
         raise errors.NotAllFilesDeletedFromRetainLocationError(str(e.detail)) from None
-    return {"restore": ctx.clock() - start}
 
 
 def _bring_back(ctx: StepContext, state_file: Path, backed_up_xml: str,
@@ -124,18 +143,24 @@ def _put_in_place(images: dict[str, Path], ldap_paths: dict[str, Path], date: st
     replaced = []
     for target, image in sorted(images.items()):
         final = ldap_paths[target]
-        aside = final.with_name(f"{final.name}.before-restore.{date}")
+        aside = _aside(final, date)
         try:
             if final.exists() and not aside.exists():
                 os.rename(final, aside)
             if aside.exists():
                 replaced.append(aside)
-            _move(image, final)
+            if image.exists():  # else moved already, before an interruption
+                _move(image, final)
         except OSError as e:
             raise errors.CannotMoveDiskImageToOriginalLocationError(
                 f"{image} -> {final}: {e.strerror} (the previous image is kept as {aside})") \
                 from None
     return replaced
+
+
+def _aside(final: Path, date: str) -> Path:
+    """Where the image a restore replaces waits until the VM runs again."""
+    return final.with_name(f"{final.name}.before-restore.{date}")
 
 
 def _move(source: Path, final: Path) -> None:

@@ -64,6 +64,7 @@ def retain(ctx: StepContext) -> dict[str, float]:
             storage.apply_ownership(pending, owner, group, mode, directory=False)
             storage.publish(pending, final, error=errors.CannotRenameDiskImageError)
         manifest[name] = sha256 or storage.file_sha256(final)
+    storage.remove_stale_temporaries(layout.backup)
     storage.write_manifest(layout.backup, layout.manifest.name, manifest,
                            owner=owner, group=group, mode=mode)
     _remove_working(ctx, layout)

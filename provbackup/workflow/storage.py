@@ -445,3 +445,15 @@ __all__ = [
     "publish", "read_manifest", "remove_tree", "require_root", "space_needed", "sparse_copy",
     "temp_path", "verify_entries", "verify_manifest", "write_file_atomic", "write_manifest",
 ]
+
+
+def remove_stale_temporaries(directory: Path) -> int:
+    """Remove the temporary files an interrupted copy left in `directory`; how many."""
+    removed = 0
+    if not Path(directory).is_dir():
+        return 0
+    for path in Path(directory).iterdir():
+        if path.name.startswith(".") and TEMP_MARKER in path.name and path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
