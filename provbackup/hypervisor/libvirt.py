@@ -13,7 +13,9 @@ which libvirt creates with qemu-img and writes into the persistent definition.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -199,11 +201,13 @@ class LibvirtHypervisor:
         events: list[tuple[float, int]] = []
         with self._events:
             self._watches.append((uuid, events))
+        flusher = _Flusher(memory_file) if memory_file else None
         try:
             call = time.monotonic()
             try:
-                self._call(CannotSaveMachineStateError, what,
-                           dom.snapshotCreateXML, snapshot_xml, flags)
+                with flusher or contextlib.nullcontext():
+                    self._call(CannotSaveMachineStateError, what,
+                               dom.snapshotCreateXML, snapshot_xml, flags)
             except StepError:
                 self._remove_leftovers(dom, created)
                 raise
@@ -423,6 +427,47 @@ class LibvirtHypervisor:
 
 
 # --- helpers on XML and states ----------------------------------------------
+
+class _Flusher:
+    """Writes the memory file back to disk while libvirt is still writing it.
+
+    libvirt 9.0 fdatasyncs the whole memory file while the guest is paused; most of
+    a live snapshot's downtime was that sync (bench/bench_backup.py: 117 of 140 ms).
+    Syncing every few milliseconds during the live phase leaves little for the end.
+    """
+
+    INTERVAL = 0.01
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-file-flusher",
+                                        daemon=True)
+
+    def __enter__(self) -> _Flusher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        fd = -1
+        try:
+            while not self._stop.wait(self.INTERVAL):
+                if fd < 0:
+                    try:
+                        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                    except FileNotFoundError:
+                        continue
+                os.fdatasync(fd)
+        except OSError as e:
+            log.debug("flushing %s: %s", self.path, e)  # only an optimisation
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
 
 def _alive(conn: libvirt.virConnect) -> bool:
     try:

@@ -27,6 +27,8 @@ class Layout:
     intermediate: PurePosixPath
     retain_root: Path
     backup_root: Path
+    #: sstBackupRamDiskLocation: where the memory state is written during a backup
+    ram_root: Path | None = None
 
     @classmethod
     def of(cls, vm: str, date: str, first_disk: str, policy: BackupPolicy) -> Layout:
@@ -34,7 +36,8 @@ class Layout:
         return cls(vm=vm, date=date,
                    intermediate=intermediate_path(PurePosixPath(first_disk), vm, date),
                    retain_root=Path(policy.retain_directory),
-                   backup_root=Path(policy.root_directory))
+                   backup_root=Path(policy.root_directory),
+                   ram_root=Path(policy.ram_disk) if policy.ram_disk else None)
 
     @property
     def working(self) -> Path:
@@ -61,6 +64,17 @@ class Layout:
     def small_file(self, kind: str, directory: Path | None = None) -> Path:
         """`<vm>.<kind>.<date>` (kind: state, xml, ldif) in the working or another directory."""
         return (directory or self.working) / f"{self.vm}.{kind}.{self.date}"
+
+    @property
+    def memory_file(self) -> Path:
+        """Where snapshot writes the memory state: the RAM disk if one is configured.
+
+        On a RAM disk the guest's final pause does not wait for a disk to sync the
+        file, and the file is written to disk only once, by retain (docs/performance).
+        """
+        if self.ram_root is not None:
+            return self.ram_root / f"{self.vm}.state.{self.date}"
+        return self.small_file("state")
 
     @property
     def manifest(self) -> Path:

@@ -44,6 +44,7 @@ def abandon_snapshot(ctx: StepContext) -> dict[str, float]:
                 ctx.hypervisor.commit(ctx.vm, disk.target, 0)
     if layout.working.exists():
         storage.remove_tree(layout.working, layout.retain_root)
+    layout.memory_file.unlink(missing_ok=True)
     journal = ctx.journals.load(ctx.vm)
     if journal is not None and journal.backup_date == ctx.date:
         ctx.journals.remove(ctx.vm)

@@ -42,8 +42,8 @@ def retain(ctx: StepContext) -> dict[str, float]:
         if not pending.exists() and not final.exists():
             raise errors.MissingNecessaryFilesError(f"the copy of {disk.target} ({pending}) is gone")
         disks[final.name] = (pending, final, journal.disks.get(disk.target, {}).get("sha256"))
-    small = [(layout.small_file(kind), layout.small_file(kind, layout.backup), error)
-             for kind, error in _SMALL_FILES]
+    small = [(layout.memory_file if kind == "state" else layout.small_file(kind),
+              layout.small_file(kind, layout.backup), error) for kind, error in _SMALL_FILES]
     missing = [str(src) for src, final, _ in small if not src.exists() and not final.exists()]
     if missing:
         raise errors.MissingNecessaryFilesError(f"not in the working directory: {', '.join(missing)}")
@@ -68,8 +68,20 @@ def retain(ctx: StepContext) -> dict[str, float]:
     storage.write_manifest(layout.backup, layout.manifest.name, manifest,
                            owner=owner, group=group, mode=mode)
     _remove_working(ctx, layout)
+    _remove_memory_file(layout)
     ctx.journals.remove(ctx.vm)
     return {"retain": ctx.clock() - start}
+
+
+def _remove_memory_file(layout) -> None:
+    """The state on a RAM disk is outside the working directory: free that memory too."""
+    if layout.ram_root is None:
+        return
+    try:
+        layout.memory_file.unlink(missing_ok=True)
+    except OSError as e:
+        raise errors.NotAllFilesDeletedFromRetainLocationError(
+            f"{layout.memory_file}: {e.strerror}") from None
 
 
 def _remove_working(ctx: StepContext, layout) -> None:
@@ -95,4 +107,5 @@ def delete(ctx: StepContext) -> dict[str, float]:
         ctx.log.warning("%s does not exist; nothing to delete", layout.backup)
     if layout.working.exists():
         _remove_working(ctx, layout)
+    _remove_memory_file(layout)
     return {"delete": ctx.clock() - start}

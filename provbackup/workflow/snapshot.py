@@ -41,9 +41,9 @@ def snapshot(ctx: StepContext) -> dict[str, float]:
     memory = domain.memory_bytes if running else 0
     images = [Path(d.source) for d in ctx.machine.disks]
     storage.check_space(layout.backup, storage.space_needed(allocated_bytes(images), memory))
-    storage.check_space(layout.working, storage.space_needed(0, memory))
+    _check_memory_space(layout, memory)
     storage.make_directories(layout.retain_root, layout.intermediate, *ctx.dir_mode())
-    state_file = layout.small_file("state")
+    state_file = layout.memory_file
     # libvirt refuses to overwrite: clear what an earlier, failed attempt left.
     for leftover in [state_file, *overlays.values()]:
         leftover.unlink(missing_ok=True)
@@ -67,6 +67,21 @@ def snapshot(ctx: StepContext) -> dict[str, float]:
         storage.apply_ownership(state_file, owner, group, mode, directory=False)
     ctx.log.info("snapshot taken, guest stopped for %.3f s", result.downtime)
     return _done(ctx, journal, {"snapshot": ctx.clock() - start, "downtime": result.downtime})
+
+
+def _check_memory_space(layout: Layout, memory: int) -> None:
+    """Room for the memory state: on the RAM disk (3, 4) or in the working directory."""
+    if layout.ram_root is None:
+        storage.check_space(layout.working, storage.space_needed(0, memory))
+        return
+    if not layout.ram_root.is_dir():
+        raise errors.RamDiskNotValidError(f"{layout.ram_root} is not a directory")
+    try:
+        storage.check_space(layout.ram_root, storage.space_needed(0, memory))
+    except errors.NotEnoughDiskSpaceError as e:
+        raise errors.NotEnoughSpaceOnRamDiskError(e.detail) from None
+    except errors.NoDiskSpaceInformationError as e:
+        raise errors.RamDiskNotValidError(e.detail) from None
 
 
 def _previous(ctx: StepContext, layout: Layout) -> Journal | None:

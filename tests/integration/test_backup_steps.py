@@ -1,8 +1,10 @@
 """The backup steps on the real guest: snapshot, merge, retain, delete (issue 4)."""
 
+import shutil
 import subprocess
+import tempfile
 import time
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -268,3 +270,42 @@ def test_merge_after_a_lost_journal_continues_from_libvirt(make_guest, tmp_path,
     assert_running_on_own_images(ctx, guest)
     assert Layout.of(ctx.vm, DATE, str(guest.disks[0]), ctx.policy).pending_disk(
         str(guest.disks[0])).exists()
+
+
+@pytest.fixture
+def ram_disk():
+    """A directory on /dev/shm standing for sstBackupRamDiskLocation.
+
+    Not a tmpfs mounted by the test: the rig's libvirtd lives in its own mount
+    namespace and would not see a mount made after it started.
+    """
+    path = Path(tempfile.mkdtemp(prefix="pb-ram-", dir="/dev/shm"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_memory_state_goes_through_the_ram_disk(make_guest, tmp_path, hypervisor, ram_disk):
+    """With a RAM disk the state is written there, retained, then freed from it."""
+    guest = make_guest()
+    ctx = make_context(guest, tmp_path, hypervisor, ram_disk=PurePosixPath(ram_disk))
+    layout = ctx.layout()
+    snapshot(ctx)
+    assert layout.memory_file.parent == ram_disk and layout.memory_file.stat().st_size > 0
+    assert not layout.small_file("state").exists()
+    merge(ctx)
+    retain(ctx)
+    assert layout.small_file("state", layout.backup).stat().st_size > 1024 * 1024
+    assert list(ram_disk.iterdir()) == []
+    check = subprocess.run(["sha256sum", "-c", layout.manifest.name], cwd=layout.backup,
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_ram_disk_missing_is_3_and_too_small_is_4(make_guest, tmp_path, hypervisor, small_mount):
+    """A RAM disk that is not there gives 3; one without room for the memory gives 4."""
+    guest = make_guest()
+    absent = make_context(guest, tmp_path, hypervisor, ram_disk=PurePosixPath(tmp_path / "no"))
+    assert failure(snapshot, absent) == 3
+    small = make_context(guest, tmp_path, hypervisor, ram_disk=PurePosixPath(small_mount))
+    assert failure(snapshot, small) == 4
+    assert_running_on_own_images(small, guest)
