@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import stat
 import sys
 import traceback
+from pathlib import Path
 from typing import Sequence
 
-from provbackup import __version__, config
+from provbackup import __version__, config, locking, logs
 from provbackup.exitcodes import ExitCode
+
+# daemon.DEFAULT_STOP_TIMEOUT, repeated so that --help and check-config need not import
+# the daemon (ldap3, libvirt); systemd/provbackup.service's TimeoutStopSec is above it.
+STOP_TIMEOUT = 300.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +38,37 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-q", "--quiet", action="store_true",
                        help="print nothing when the file is valid")
     check.set_defaults(handler=_check_config)
+
+    run = commands.add_parser(
+        "run", help="run the daemon (in the foreground unless --detach)",
+        description="Follow the directory and run this node's backup and restore steps "
+                    "until SIGTERM or SIGINT. In the foreground by default, for systemd "
+                    "(Type=notify); see docs/daemon.md.")
+    _add_config_option(run)
+    run.add_argument("--detach", action="store_true",
+                     help="become a background daemon (for init systems without systemd)")
+    run.add_argument("--pid-file", metavar="P", type=Path,
+                     help="write the daemon's pid to this file (removed at exit)")
+    run.add_argument("--lock-file", metavar="P", type=Path, default=locking.DEFAULT_LOCK_FILE,
+                     help=f"the one-instance-per-node lock (default: {locking.DEFAULT_LOCK_FILE})")
+    run.add_argument("--stop-timeout", metavar="SECONDS", type=_seconds,
+                     default=STOP_TIMEOUT,
+                     help="on SIGTERM, how long running steps may take to finish before "
+                          "they are abandoned (default: %(default).0f)")
+    run.add_argument("--journal", action="store_true",
+                     help="log to the systemd journal even when not started by systemd")
+    run.set_defaults(handler=_run)
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError("expected seconds from 0 to 86400")
+    return value
 
 
 def _add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +97,44 @@ def _exposure_warnings(cfg: config.Config) -> tuple[str, ...]:
     return ()
 
 
+def _run(args: argparse.Namespace) -> ExitCode:
+    """`provbackup run`: lock, maybe detach, log, and run the daemon until a signal."""
+    # Imported here: check-config must work without libvirt and systemd bindings.
+    from provbackup.daemon import Daemon, UnavailableError
+
+    cfg = config.load(args.config)
+    for warning in cfg.warnings + _exposure_warnings(cfg):
+        print(f"provbackup: warning: {warning}", file=sys.stderr)
+    # Absolute before --detach changes the working directory to /.
+    lock_path = args.lock_file.absolute()
+    pid_path = args.pid_file.absolute() if args.pid_file else None
+    # The lock comes before detaching, so that "already running" reaches the terminal
+    # and its exit code the caller; the detached child inherits the flock().
+    with locking.InstanceLock(lock_path) as lock:
+        with _detached(lock) if args.detach else contextlib.nullcontext():
+            lock.write_pid()  # the pid may have changed
+            # Logging only now: DaemonContext closes every descriptor it does not
+            # know, and a journal socket opened before would be among them.
+            logs.setup(cfg.log_level, journal=True if args.journal else None)
+            with locking.PidFile(pid_path) if pid_path else contextlib.nullcontext():
+                try:
+                    Daemon(cfg, stop_timeout=args.stop_timeout).run()
+                except UnavailableError as e:
+                    print(f"provbackup: unavailable: {e}", file=sys.stderr)
+                    return ExitCode.UNAVAILABLE
+    return ExitCode.OK
+
+
+def _detached(lock: locking.InstanceLock):
+    """python-daemon's DaemonContext: fork, setsid, cwd /, umask 027, stdin/stdout null."""
+    import daemon  # python-daemon
+
+    # stderr stays where the caller (an init script) pointed it: the log goes there
+    # unless --journal. Our handlers replace its SIGTERM mapping after it opens.
+    return daemon.DaemonContext(working_directory="/", umask=0o027,
+                                files_preserve=[lock.fileno()], stderr=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the process exit code."""
     args = build_parser().parse_args(argv)
@@ -71,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in e.problems:
             print(f"  {problem}", file=sys.stderr)
         return ExitCode.CONFIG_ERROR
+    except locking.AlreadyRunningError as e:
+        print(f"provbackup: {e}", file=sys.stderr)
+        return ExitCode.ALREADY_RUNNING
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
     except BaseException as e:  # noqa: BLE001 - the one place that turns crashes into a code

@@ -17,6 +17,12 @@ class ExitCode(enum.IntEnum):
     INTERNAL_ERROR = 1
     #: wrong command line (argparse's own code)
     USAGE = 2
+    #: `run`: the directory or libvirt could not be reached at start (EX_UNAVAILABLE);
+    #: systemd restarts the service after RestartSec
+    UNAVAILABLE = 69
+    #: `run`: another provbackup already runs on this node (EX_TEMPFAIL); a restart
+    #: cannot help while it does
+    ALREADY_RUNNING = 75
     #: the configuration file is missing or wrong; a restart cannot help
     CONFIG_ERROR = 78
     #: interrupted by the operator (Ctrl-C), as a shell reports SIGINT

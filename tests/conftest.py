@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from tests.rig.daemon_rig import *  # noqa: F401,F403 - the daemon process and its config
 from tests.rig.ldap_fixtures import *  # noqa: F401,F403 - session slapd, sample directory
 from tests.rig.virt_fixtures import *  # noqa: F401,F403 - session libvirtd, cached guest
 from tests.shared import on_ci

@@ -2,7 +2,8 @@
 
 A leaf found at a progress word with state `0` was locked by a daemon that never
 answered it. At start-up, after the first refresh, each such leaf is handled again:
-- an interrupted **snapshot** is rolled back (the overlays are committed back, the
+- an interrupted **snapshot** (one that left a journal, overlays or working files) is
+  rolled back (the overlays are committed back, the
   working files removed) and answered with 5: a snapshot taken at an unknown moment
   is not the backup that was asked for, and the VM must not stay on an overlay;
 - every other step is **run again**: merge, retain, delete and the restore steps are
@@ -16,6 +17,7 @@ from provbackup.directory.schema import MODE, STATE
 from provbackup.workflow import gate, storage
 from provbackup.workflow.context import StepContext
 from provbackup.workflow.intake import Entries, Request
+from provbackup.workflow.snapshot import snapshot
 from provbackup.workflow.steps import STEPS
 from provbackup.workflow.verbs import BY_PROGRESS
 
@@ -35,17 +37,26 @@ def in_flight(entries: Entries, node: str) -> list[Request]:
 
 
 def abandon_snapshot(ctx: StepContext) -> dict[str, float]:
-    """Undo an interrupted snapshot, then fail it with 5 (the step's answer)."""
+    """Undo an interrupted snapshot, then fail it with 5 (the step's answer).
+
+    A snapshot that was locked but never started (the daemon stopped with it still
+    queued) left no trace: it is simply taken now.
+    """
     layout = ctx.layout()
     overlays = {d.target: str(layout.overlay(d.source)) for d in ctx.machine.disks}
-    if ctx.hypervisor.exists(ctx.vm):
-        for disk in ctx.hypervisor.domain(ctx.vm).disks:
-            if str(disk.source) == overlays.get(disk.target):
-                ctx.hypervisor.commit(ctx.vm, disk.target, 0)
+    on_overlays = [d.target for d in ctx.hypervisor.domain(ctx.vm).disks
+                   if str(d.source) == overlays.get(d.target)] \
+        if ctx.hypervisor.exists(ctx.vm) else []
+    journal = ctx.journals.load(ctx.vm)
+    started = (journal is not None and journal.backup_date == ctx.date) or on_overlays \
+        or layout.working.exists()
+    if not started:
+        return snapshot(ctx)
+    for target in on_overlays:
+        ctx.hypervisor.commit(ctx.vm, target, 0)
     if layout.working.exists():
         storage.remove_tree(layout.working, layout.retain_root)
     layout.memory_file.unlink(missing_ok=True)
-    journal = ctx.journals.load(ctx.vm)
     if journal is not None and journal.backup_date == ctx.date:
         ctx.journals.remove(ctx.vm)
     raise errors.CannotSaveMachineStateError(
