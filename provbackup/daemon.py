@@ -100,7 +100,8 @@ class Daemon:
         self._recovering: set[str] = set()  # leaves found in flight at start
         self.dispatcher = Dispatcher(self._run_step, config.max_concurrent_steps)
         self.intake = Intake(config.node, self.mirror, self.writer, self.dispatcher.submit)
-        self.consumer = SyncreplConsumer(settings, self.mirror, self.intake,
+        self._recovered = False
+        self.consumer = SyncreplConsumer(settings, self.mirror, self,
                                          reconnect_sleep=config.reconnect_sleep,
                                          reconnect_attempts=config.reconnect_attempts)
         self._threads: list[threading.Thread] = []
@@ -204,7 +205,6 @@ class Daemon:
                 raise RuntimeError("the syncrepl consumer or the ticker thread died")
             if not ready and self.consumer.refreshes:
                 ready, beat = True, 0.0
-                self._recover()
                 log.info("ready after %.2f s: following %s as node %s, up to %d steps at once",
                          self._clock() - started, self.config.ldap.service_subtree,
                          self.config.node, self.config.max_concurrent_steps)
@@ -216,6 +216,21 @@ class Daemon:
                 self._notify(f"WATCHDOG=1\nSTATUS={status}")
             self._stop.wait(self.tick if ready else READY_POLL)
         log.info("%s received; stopping", _signal_name(self._signal))
+
+    # -- the consumer's listener: the intake, after recovery on the first refresh ----
+
+    def changed(self, entry) -> None:
+        """A persist-phase change: the intake decides."""
+        self.intake.changed(entry)
+
+    def refreshed(self) -> None:
+        """A refresh ended. The first time, before the intake may lock anything, the
+        leaves still locked by a stopped daemon are found: a lock taken by this process
+        must never be mistaken for one left by a crash."""
+        if not self._recovered:
+            self._recovered = True
+            self._recover()
+        self.intake.refreshed()
 
     def _recover(self) -> None:
         """Queue again every leaf a stopped daemon left locked (workflow/recovery.py)."""

@@ -186,3 +186,18 @@ def test_the_stop_timeout_abandons_a_step_that_runs_too_long(
         (["merging"], ["0"]), attrs
     assert journal_phase(tmp_path / "state", guest.name) == "merging"
     print(f"\nSIGTERM to exit with --stop-timeout 1 and a merge running: {took:.2f} s")
+
+
+def test_request_waiting_at_start_is_run_not_recovered(directory, daemon, make_guest, roots):
+    """A request written while no daemon ran is run once at start, never taken for a crash."""
+    guest = make_guest()
+    dn = add_vm(directory, guest.name, guest.disks, roots)
+    request(directory, dn, "snapshot")
+    process = daemon()
+    process.wait_ready()
+    wait_for(lambda: answered(directory, dn), "the answer to the waiting snapshot", 120)
+    attrs = read(directory, dn)
+    assert (attrs["sstProvisioningMode"], attrs["sstProvisioningReturnValue"]) == \
+        (["snapshotted"], [0]), process.log()
+    assert "found in flight" not in process.log()
+    run_step(directory, dn, "merge", "merged")
