@@ -1,7 +1,8 @@
 # The two commands of the README, and what they stand on.
 #   make test   installs what the tests need, then runs the whole suite on the real
 #               slapd, libvirtd and guest (the CI runs exactly this)
-#   make demo   the end-to-end demo (placeholder until the daemon exists, see README)
+#   make demo   provbackup's main job end to end: a private directory, libvirtd and
+#               guest, the daemon, a backup and a restore, shown with ldapsearch
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -26,11 +27,7 @@ test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: deps
-	@echo "make demo: not implemented yet." >&2
-	@echo "The end-to-end demo (private directory, libvirtd and guest; a backup and a" >&2
-	@echo "restore) arrives with the daemon itself (issue 6). Until then, 'make test'" >&2
-	@echo "runs the real components and 'provbackup check-config' checks a config." >&2
-	@exit 2
+	$(PY) -m tests.rig.demo
 
 clean:
 	rm -rf $(VENV) .deps-debian.stamp .pytest_cache build *.egg-info
