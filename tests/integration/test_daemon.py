@@ -117,8 +117,12 @@ def test_detach_leaves_a_background_daemon_with_pid_file_and_lock(daemon, tmp_pa
 
 def test_two_vms_run_in_parallel_a_third_is_locked_at_once_and_sigterm_waits(
         directory, daemon, make_guest, roots, tmp_path, rig_config):
-    """Two merges run at once; a third VM's request is locked within 1 s meanwhile; SIGTERM
-    lets both merges finish and answer, and leaves the third request locked, not started."""
+    """Two merges run at once; a third VM's request is locked while both still copy; SIGTERM
+    lets both merges finish and answer, and leaves the third request locked, not started.
+
+    The lock's latency is printed, not asserted (no timed assertions): what must hold is
+    that it does not wait for a worker, i.e. it happens while both merges still run.
+    """
     # 4 MiB of data at 1 MiB/s: each merge copies for about 4 s, on any machine.
     guests = [make_guest([slow_disk(tmp_path / f"slow-{n}.qcow2", 4)]) for n in (1, 2)]
     dns = [add_vm(directory, g.name, g.disks, roots, "sstVirtualizationBandwidthMerge: 1\n")
@@ -143,9 +147,8 @@ def test_two_vms_run_in_parallel_a_third_is_locked_at_once_and_sigterm_waits(
     wait_for(lambda: read(directory, third_dn)["sstProvisioningMode"] == ["snapshotting"],
              "the third VM's lock", 5)
     locked_after = time.monotonic() - asked
-    assert locked_after < 1.0, f"the lock took {locked_after:.2f} s"
     assert all(journal_phase(state, g.name) == "merging" for g in guests), \
-        "a merge ended before the third lock was checked; the test proves nothing"
+        "a merge ended before the third VM was locked: the lock waited for a worker"
     wait_for(lambda: any(line.startswith("STATUS=following the directory; 2 steps running (")
                          and line.endswith(", 1 queued") for line in process.notify.drain()),
              "STATUS= with two steps running and one queued", 3)
