@@ -94,3 +94,13 @@ def prepare_roots(ctx: StepContext, layout: Layout) -> None:
     """The retain and backup roots must exist (25, 26) and the backup root be writable (6)."""
     storage.require_root(layout.retain_root, errors.RetainRootDirectoryDoesNotExistError)
     storage.require_root(layout.backup_root, errors.BackupRootDirectoryDoesNotExistError)
+
+
+def remove_working(layout: Layout) -> None:
+    """Remove the iteration's working directory, if any (46 when it cannot be)."""
+    if not layout.working.exists():
+        return
+    try:
+        storage.remove_tree(layout.working, layout.retain_root)
+    except errors.StepError as e:
+        raise errors.NotAllFilesDeletedFromRetainLocationError(str(e.detail)) from None

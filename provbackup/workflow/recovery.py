@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from provbackup import errors
 from provbackup.directory.schema import MODE, STATE
-from provbackup.workflow import gate, storage
-from provbackup.workflow.context import StepContext
+from provbackup.workflow import gate
+from provbackup.workflow.context import StepContext, remove_working
 from provbackup.workflow.intake import Entries, Request
 from provbackup.workflow.snapshot import snapshot
 from provbackup.workflow.steps import STEPS
@@ -54,8 +54,7 @@ def abandon_snapshot(ctx: StepContext) -> dict[str, float]:
         return snapshot(ctx)
     for target in on_overlays:
         ctx.hypervisor.commit(ctx.vm, target, 0)
-    if layout.working.exists():
-        storage.remove_tree(layout.working, layout.retain_root)
+    remove_working(layout)
     layout.memory_file.unlink(missing_ok=True)
     if journal is not None and journal.backup_date == ctx.date:
         ctx.journals.remove(ctx.vm)

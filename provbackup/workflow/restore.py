@@ -19,7 +19,7 @@ from provbackup import errors
 from provbackup.hypervisor import domxml, qemuimg
 from provbackup.hypervisor.base import PowerState
 from provbackup.workflow import storage
-from provbackup.workflow.context import StepContext
+from provbackup.workflow.context import StepContext, remove_working
 from provbackup.workflow.layout import PLACEHOLDER_STATE, Layout
 
 
@@ -107,12 +107,7 @@ def _finish(ctx: StepContext, layout: Layout, replaced: list[Path]) -> None:
     """The VM runs on the restored images: drop the old ones and the working directory."""
     for old in replaced:
         old.unlink(missing_ok=True)
-    if not layout.working.exists():
-        return
-    try:
-        storage.remove_tree(layout.working, layout.retain_root)
-    except errors.StepError as e:
-        raise errors.NotAllFilesDeletedFromRetainLocationError(str(e.detail)) from None
+    remove_working(layout)
 
 
 def _bring_back(ctx: StepContext, state_file: Path, backed_up_xml: str,

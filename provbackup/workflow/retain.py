@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from provbackup import errors
 from provbackup.workflow import storage
-from provbackup.workflow.context import StepContext
+from provbackup.workflow.context import StepContext, remove_working
 from provbackup.workflow.journal import Phase
 
 #: which return value a failed copy of each small file gets
@@ -67,7 +67,7 @@ def retain(ctx: StepContext) -> dict[str, float]:
     storage.remove_stale_temporaries(layout.backup)
     storage.write_manifest(layout.backup, layout.manifest.name, manifest,
                            owner=owner, group=group, mode=mode)
-    _remove_working(ctx, layout)
+    remove_working(layout)
     _remove_memory_file(layout)
     ctx.journals.remove(ctx.vm)
     return {"retain": ctx.clock() - start}
@@ -84,13 +84,6 @@ def _remove_memory_file(layout) -> None:
             f"{layout.memory_file}: {e.strerror}") from None
 
 
-def _remove_working(ctx: StepContext, layout) -> None:
-    if not layout.working.exists():
-        return
-    try:
-        storage.remove_tree(layout.working, layout.retain_root)
-    except errors.StepError as e:
-        raise errors.NotAllFilesDeletedFromRetainLocationError(str(e.detail)) from None
 
 
 def delete(ctx: StepContext) -> dict[str, float]:
@@ -106,6 +99,6 @@ def delete(ctx: StepContext) -> dict[str, float]:
     else:
         ctx.log.warning("%s does not exist; nothing to delete", layout.backup)
     if layout.working.exists():
-        _remove_working(ctx, layout)
+        remove_working(layout)
     _remove_memory_file(layout)
     return {"delete": ctx.clock() - start}

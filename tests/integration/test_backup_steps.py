@@ -12,7 +12,6 @@ from provbackup.directory.entry import Entry
 from provbackup.directory.machine import Disk, Machine
 from provbackup.directory.resolve import BackupPolicy
 from provbackup.errors import StepError
-from provbackup.hypervisor.libvirt import LibvirtHypervisor
 from provbackup.workflow.context import StepContext
 from provbackup.workflow.journal import JournalStore
 from provbackup.workflow.layout import PLACEHOLDER_STATE, Layout
@@ -24,13 +23,6 @@ from tests.rig.guest import read_records
 pytestmark = pytest.mark.integration
 
 DATE = "20261122T030000Z"
-
-
-@pytest.fixture
-def hypervisor(libvirtd):
-    hv = LibvirtHypervisor(libvirtd.uri)
-    yield hv
-    hv.close()
 
 
 def make_context(guest, tmp_path, hypervisor, *, disks=None, date=DATE, name=None, **policy):

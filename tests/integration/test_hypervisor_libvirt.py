@@ -29,14 +29,6 @@ pytestmark = pytest.mark.integration
 METADATA_NS = "https://example.org/provbackup-test"
 
 
-@pytest.fixture
-def hv(libvirtd):
-    """A LibvirtHypervisor on the session's libvirtd."""
-    hypervisor = LibvirtHypervisor(libvirtd.uri)
-    yield hypervisor
-    hypervisor.close()
-
-
 def _sources(xml: str) -> dict[str, str]:
     """target -> source file of every disk in a domain XML."""
     return {d.find("target").get("dev"): d.find("source").get("file")
@@ -57,25 +49,25 @@ def _unused(image: Path) -> bool:
     return run(["qemu-img", "info", image], check=False).returncode == 0
 
 
-def _snapshot_running(hv, guest, tmp_path, targets=("vda",)):
+def _snapshot_running(hypervisor, guest, tmp_path, targets=("vda",)):
     """Live snapshot with memory of every target; (result, overlays, memory file, seqs)."""
     overlays = {t: tmp_path / f"{guest.name}-{t}.overlay.qcow2" for t in targets}
     memory = tmp_path / f"{guest.name}.state"
     before = guest.last_seq()
-    result = hv.snapshot(guest.name, overlays, memory)
+    result = hypervisor.snapshot(guest.name, overlays, memory)
     return result, overlays, memory, (before, guest.last_seq())
 
 
-def test_live_snapshot_with_memory_then_commit(hv, make_guest, tmp_path):
+def test_live_snapshot_with_memory_then_commit(hypervisor, make_guest, tmp_path):
     """A live snapshot freezes the base at one moment while the guest writes on, and the
     commit brings the guest back onto its base, which then holds every record."""
     guest = make_guest()
     base = guest.disks[0]
-    result, overlays, memory, (before, after) = _snapshot_running(hv, guest, tmp_path)
+    result, overlays, memory, (before, after) = _snapshot_running(hypervisor, guest, tmp_path)
 
     assert 0 < result.downtime < result.duration
     assert memory.stat().st_size > 0
-    domain = hv.domain(guest.name)
+    domain = hypervisor.domain(guest.name)
     assert domain.state is PowerState.RUNNING and domain.memory_bytes == 256 << 20
     assert [(d.target, d.source, d.format, d.backing) for d in domain.disks] == \
         [("vda", overlays["vda"], "qcow2", base)]
@@ -85,10 +77,10 @@ def test_live_snapshot_with_memory_then_commit(hv, make_guest, tmp_path):
     assert before <= frozen[-1] <= after + 1
     assert guestlib.read_records(overlays["vda"], force_share=True)[-1].seq >= after + 10
 
-    hv.commit(guest.name, "vda")
-    domain = hv.domain(guest.name)
+    hypervisor.commit(guest.name, "vda")
+    domain = hypervisor.domain(guest.name)
     assert [(d.source, d.backing) for d in domain.disks] == [(base, None)]
-    assert _sources(hv.definition(guest.name)) == {"vda": str(base)}
+    assert _sources(hypervisor.definition(guest.name)) == {"vda": str(base)}
     assert _unused(overlays["vda"]) and not _unused(base)
     overlays["vda"].unlink()
     last = guest.wait_for_records(guest.last_seq() + 10)[-1][0]
@@ -96,11 +88,11 @@ def test_live_snapshot_with_memory_then_commit(hv, make_guest, tmp_path):
     assert _one_run_from_one(guestlib.read_records(base))[-1] >= last
 
 
-def test_two_disks_are_snapshotted_together_and_committed(hv, make_guest, tmp_path):
+def test_two_disks_are_snapshotted_together_and_committed(hypervisor, make_guest, tmp_path):
     """Both disks of a guest freeze at the same record and both come back to their bases."""
     guest = make_guest(2, disk_size_mb=16)
     result, overlays, memory, (before, after) = _snapshot_running(
-        hv, guest, tmp_path, ("vda", "vdb"))
+        hypervisor, guest, tmp_path, ("vda", "vdb"))
     assert 0 < result.downtime < result.duration
     frozen = [guestlib.read_records(d, force_share=True) for d in guest.disks]
     vda, vdb = _one_run_from_one(frozen[0], 0), _one_run_from_one(frozen[1], 1)
@@ -108,8 +100,8 @@ def test_two_disks_are_snapshotted_together_and_committed(hv, make_guest, tmp_pa
     assert vda[-1] - 1 <= vdb[-1] <= vda[-1] and before <= vdb[-1] <= after + 1
 
     for target in ("vda", "vdb"):
-        hv.commit(guest.name, target)
-    assert [(d.source, d.backing) for d in hv.domain(guest.name).disks] == \
+        hypervisor.commit(guest.name, target)
+    assert [(d.source, d.backing) for d in hypervisor.domain(guest.name).disks] == \
         [(guest.disks[0], None), (guest.disks[1], None)]
     assert all(_unused(p) for p in overlays.values())
     last = guest.wait_for_records(guest.last_seq() + 5)[-1][0]
@@ -118,7 +110,7 @@ def test_two_disks_are_snapshotted_together_and_committed(hv, make_guest, tmp_pa
         assert _one_run_from_one(guestlib.read_records(disk), index)[-1] >= last
 
 
-def test_shut_off_snapshot_and_commit_then_start(hv, make_guest, tmp_path):
+def test_shut_off_snapshot_and_commit_then_start(hypervisor, make_guest, tmp_path):
     """A shut-off domain gets a disk-only overlay and is committed back offline; the
     definition keeps its metadata and the domain starts on its base afterwards."""
     guest = make_guest()
@@ -127,40 +119,40 @@ def test_shut_off_snapshot_and_commit_then_start(hv, make_guest, tmp_path):
     guest.domain.destroy()
     base, overlay = guest.disks[0], tmp_path / "vda.overlay.qcow2"
     written = guestlib.read_records(base)
-    assert hv.domain(guest.name).state is PowerState.SHUT_OFF
+    assert hypervisor.domain(guest.name).state is PowerState.SHUT_OFF
     with pytest.raises(CannotSaveMachineStateError):
-        hv.snapshot(guest.name, {"vda": overlay}, tmp_path / "state")
+        hypervisor.snapshot(guest.name, {"vda": overlay}, tmp_path / "state")
 
-    result = hv.snapshot(guest.name, {"vda": overlay}, None)
+    result = hypervisor.snapshot(guest.name, {"vda": overlay}, None)
     assert result.downtime == 0 and result.duration > 0
-    assert _sources(hv.definition(guest.name)) == {"vda": str(overlay)}
-    assert [(d.source, d.backing) for d in hv.domain(guest.name).disks] == [(overlay, base)]
+    assert _sources(hypervisor.definition(guest.name)) == {"vda": str(overlay)}
+    assert [(d.source, d.backing) for d in hypervisor.domain(guest.name).disks] == [(overlay, base)]
 
-    hv.commit(guest.name, "vda")
-    definition = hv.definition(guest.name)
+    hypervisor.commit(guest.name, "vda")
+    definition = hypervisor.definition(guest.name)
     assert _sources(definition) == {"vda": str(base)} and "<backingStore" not in definition
-    assert hv.domain(guest.name).disks[0].backing is None
+    assert hypervisor.domain(guest.name).disks[0].backing is None
     assert guest.domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS,
                                  libvirt.VIR_DOMAIN_AFFECT_CONFIG) == "<mark>kept</mark>"
     assert guestlib.read_records(base) == written
     overlay.unlink()
-    hv.start(guest.name)
+    hypervisor.start(guest.name)
     guest.wait_for_records(guest.last_seq() + 3)
-    assert hv.domain(guest.name).state is PowerState.RUNNING
+    assert hypervisor.domain(guest.name).state is PowerState.RUNNING
 
 
-def test_started_between_snapshot_and_commit(hv, make_guest, tmp_path):
+def test_started_between_snapshot_and_commit(hypervisor, make_guest, tmp_path):
     """Shut off at the snapshot and running at the commit: the live commit is used."""
     guest = make_guest()
     guest.domain.destroy()
     base, overlay = guest.disks[0], tmp_path / "vda.overlay.qcow2"
-    hv.snapshot(guest.name, {"vda": overlay}, None)
+    hypervisor.snapshot(guest.name, {"vda": overlay}, None)
     lines = len(guest.console_records())
-    hv.start(guest.name)
+    hypervisor.start(guest.name)
     _wait_for_lines(guest, lines + 10)  # the console is appended to: count lines
 
-    hv.commit(guest.name, "vda")
-    assert [(d.source, d.backing) for d in hv.domain(guest.name).disks] == [(base, None)]
+    hypervisor.commit(guest.name, "vda")
+    assert [(d.source, d.backing) for d in hypervisor.domain(guest.name).disks] == [(base, None)]
     assert _unused(overlay)
     last = guest.console_records()[-1][0]
     guest.domain.destroy()
@@ -175,28 +167,28 @@ def _wait_for_lines(guest, n: int, timeout: float = 90.0) -> None:
         time.sleep(0.05)
 
 
-def test_stopped_between_snapshot_and_commit(hv, make_guest, tmp_path):
+def test_stopped_between_snapshot_and_commit(hypervisor, make_guest, tmp_path):
     """Running at the snapshot and shut off at the commit: the offline commit is used."""
     guest = make_guest()
     base = guest.disks[0]
-    _, overlays, _, _ = _snapshot_running(hv, guest, tmp_path)
+    _, overlays, _, _ = _snapshot_running(hypervisor, guest, tmp_path)
     last = guest.wait_for_records(guest.last_seq() + 5)[-1][0]
     guest.domain.destroy()
 
-    hv.commit(guest.name, "vda")
-    assert _sources(hv.definition(guest.name)) == {"vda": str(base)}
+    hypervisor.commit(guest.name, "vda")
+    assert _sources(hypervisor.definition(guest.name)) == {"vda": str(base)}
     assert _one_run_from_one(guestlib.read_records(base))[-1] >= last
-    hv.start(guest.name)
-    assert hv.domain(guest.name).disks[0].source == base
+    hypervisor.start(guest.name)
+    assert hypervisor.domain(guest.name).disks[0].source == base
 
 
-def test_failures_map_to_return_values(hv, make_guest, tmp_path):
+def test_failures_map_to_return_values(hypervisor, make_guest, tmp_path):
     """Missing domain is 23, overlays that do not match the disks 33, and commit of a disk
     without an overlay does nothing."""
-    for call in (lambda: hv.domain("pb-no-such-domain"),
-                 lambda: hv.snapshot("pb-no-such-domain", {}, None),
-                 lambda: hv.commit("pb-no-such-domain", "vda"),
-                 lambda: hv.definition("pb-no-such-domain")):
+    for call in (lambda: hypervisor.domain("pb-no-such-domain"),
+                 lambda: hypervisor.snapshot("pb-no-such-domain", {}, None),
+                 lambda: hypervisor.commit("pb-no-such-domain", "vda"),
+                 lambda: hypervisor.definition("pb-no-such-domain")):
         with pytest.raises(CannotFindMachineError) as missing:
             call()
         assert missing.value.code == 23
@@ -205,25 +197,25 @@ def test_failures_map_to_return_values(hv, make_guest, tmp_path):
                      {"vda": tmp_path / "a.qcow2", "vdb": tmp_path / "b.qcow2",
                       "vdz": tmp_path / "z.qcow2"}):
         with pytest.raises(BackendXmlInconsistencyError) as inconsistent:
-            hv.snapshot(guest.name, overlays, tmp_path / "state")
+            hypervisor.snapshot(guest.name, overlays, tmp_path / "state")
         assert inconsistent.value.code == 33
     assert not [p for p in ("a.qcow2", "b.qcow2", "state") if (tmp_path / p).exists()]
 
-    before = hv.domain(guest.name)
-    hv.commit(guest.name, "vda")
-    assert hv.domain(guest.name) == before
+    before = hypervisor.domain(guest.name)
+    hypervisor.commit(guest.name, "vda")
+    assert hypervisor.domain(guest.name) == before
 
 
-def test_failed_snapshot_leaves_the_guest_running_on_its_image(hv, make_guest, tmp_path):
+def test_failed_snapshot_leaves_the_guest_running_on_its_image(hypervisor, make_guest, tmp_path):
     """A snapshot that cannot create an overlay is 5 with libvirt's reason; the guest runs
     on its original image, writing, and no memory file is left behind."""
     guest = make_guest()
     memory = tmp_path / "state"
     with pytest.raises(CannotSaveMachineStateError) as failed:
-        hv.snapshot(guest.name, {"vda": tmp_path / "no-such-dir" / "vda.qcow2"}, memory)
+        hypervisor.snapshot(guest.name, {"vda": tmp_path / "no-such-dir" / "vda.qcow2"}, memory)
     assert failed.value.code == 5 and "no-such-dir" in failed.value.detail
     assert not memory.exists()
-    domain = hv.domain(guest.name)
+    domain = hypervisor.domain(guest.name)
     assert domain.state is PowerState.RUNNING
     assert [(d.source, d.backing) for d in domain.disks] == [(guest.disks[0], None)]
     last = guest.wait_for_records(guest.last_seq() + 5)[-1][0]
@@ -231,11 +223,11 @@ def test_failed_snapshot_leaves_the_guest_running_on_its_image(hv, make_guest, t
 
     memory.write_bytes(b"someone's file")
     with pytest.raises(CannotSaveMachineStateError):
-        hv.snapshot(guest.name, {"vda": tmp_path / "vda.qcow2"}, memory)
+        hypervisor.snapshot(guest.name, {"vda": tmp_path / "vda.qcow2"}, memory)
     assert memory.read_bytes() == b"someone's file" and not (tmp_path / "vda.qcow2").exists()
 
 
-def test_commit_passes_the_bandwidth_to_libvirt(hv, make_guest, tmp_path):
+def test_commit_passes_the_bandwidth_to_libvirt(hypervisor, make_guest, tmp_path):
     """A commit limited to 1 MiB/s runs as a block job with that bandwidth and still
     merges every byte of the overlay into the base."""
     base = guestlib.make_disk(tmp_path / "base.qcow2", 64)
@@ -243,10 +235,10 @@ def test_commit_passes_the_bandwidth_to_libvirt(hv, make_guest, tmp_path):
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top])
     run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xab 40M 3M", top])
     guest = make_guest([top])
-    assert hv.domain(guest.name).disks[0].backing == base
+    assert hypervisor.domain(guest.name).disks[0].backing == base
 
     errors: list[StepError] = []
-    worker = threading.Thread(target=lambda: _collect(errors, hv.commit, guest.name, "vda", 1))
+    worker = threading.Thread(target=lambda: _collect(errors, hypervisor.commit, guest.name, "vda", 1))
     worker.start()
     seen = []
     while worker.is_alive():
@@ -259,7 +251,7 @@ def test_commit_passes_the_bandwidth_to_libvirt(hv, make_guest, tmp_path):
     assert seen and {i["bandwidth"] for i in seen} == {1}
     assert seen[0]["type"] == libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT
     guest.domain.destroy()
-    assert hv.domain(guest.name).disks[0].source == base
+    assert hypervisor.domain(guest.name).disks[0].source == base
     run(["qemu-io", "-f", "qcow2", "-c", "read -P 0xab 40M 3M", base])
 
 
@@ -270,23 +262,23 @@ def _collect(errors: list, call, *args) -> None:
         errors.append(e)
 
 
-def test_restore_from_the_snapshot_memory_resumes_the_guest(hv, make_guest, tmp_path):
+def test_restore_from_the_snapshot_memory_resumes_the_guest(hypervisor, make_guest, tmp_path):
     """The memory file with a copy of the frozen base restores the guest at the snapshot
     moment: it carries on with the next record of the same run."""
     guest = make_guest()
-    _, _, memory, _ = _snapshot_running(hv, guest, tmp_path)
+    _, _, memory, _ = _snapshot_running(hypervisor, guest, tmp_path)
     copy = tmp_path / "restored.qcow2"
     shutil.copyfile(guest.disks[0], copy)  # frozen since the snapshot
     frozen = guestlib.read_records(copy)
     guest.domain.destroy()
 
-    root = ET.fromstring(hv.saved_definition(memory))
+    root = ET.fromstring(hypervisor.saved_definition(memory))
     disk = root.find("devices/disk")
     disk.find("source").set("file", str(copy))
     for below in disk.findall("backingStore"):
         disk.remove(below)
-    hv.restore(memory, ET.tostring(root, encoding="unicode"))
-    assert hv.domain(guest.name).disks[0].source == copy
+    hypervisor.restore(memory, ET.tostring(root, encoding="unicode"))
+    assert hypervisor.domain(guest.name).disks[0].source == copy
     last = guest.wait_for_records(guest.last_seq() + 5)[-1][0]
     guest.domain.destroy()
     records = guestlib.read_records(copy)
@@ -294,41 +286,41 @@ def test_restore_from_the_snapshot_memory_resumes_the_guest(hv, make_guest, tmp_
     assert records[0].run_id == frozen[0].run_id
 
 
-def test_define_start_destroy_undefine(hv, make_guest, tmp_path):
+def test_define_start_destroy_undefine(hypervisor, make_guest, tmp_path):
     """The lifecycle calls round-trip and are idempotent; a broken XML is 41 and a domain
     whose disk is gone fails to start with 42."""
     guest = make_guest(start=False)
-    xml = hv.definition(guest.name)
-    hv.undefine(guest.name)
+    xml = hypervisor.definition(guest.name)
+    hypervisor.undefine(guest.name)
     with pytest.raises(CannotFindMachineError):
-        hv.definition(guest.name)
+        hypervisor.definition(guest.name)
     with pytest.raises(CannotDefineMachineError) as broken:
-        hv.define("<domain type='qemu'><name>pb-broken</name>")
+        hypervisor.define("<domain type='qemu'><name>pb-broken</name>")
     assert broken.value.code == 41
-    assert hv.define(xml) == guest.name
+    assert hypervisor.define(xml) == guest.name
 
     moved = guest.disks[0].rename(tmp_path / "moved.qcow2")
     with pytest.raises(CannotStartMachineError) as not_started:
-        hv.start(guest.name)
+        hypervisor.start(guest.name)
     assert not_started.value.code == 42 and "qcow2" in not_started.value.detail
     moved.rename(guest.disks[0])
     for _ in range(2):
-        hv.start(guest.name)
-    assert hv.domain(guest.name).state is PowerState.RUNNING
+        hypervisor.start(guest.name)
+    assert hypervisor.domain(guest.name).state is PowerState.RUNNING
     for _ in range(2):
-        hv.destroy(guest.name)
-    assert hv.domain(guest.name).state is PowerState.SHUT_OFF
+        hypervisor.destroy(guest.name)
+    assert hypervisor.domain(guest.name).state is PowerState.SHUT_OFF
 
 
-def test_connection_errors(hv, make_guest, libvirtd):
+def test_connection_errors(hypervisor, make_guest, libvirtd):
     """An unreachable URI is 17; a connection that broke is reopened on the next call."""
     with pytest.raises(CannotConnectToBackendError) as unreachable:
         LibvirtHypervisor(f"qemu+unix:///system?socket={libvirtd.workdir}/none").domain("x")
     assert unreachable.value.code == 17
     guest = make_guest(wait_boot=False)
-    assert hv.domain(guest.name).name == guest.name
-    hv._connection().close()  # as if the daemon had dropped us
-    assert hv.domain(guest.name).state is PowerState.RUNNING
+    assert hypervisor.domain(guest.name).name == guest.name
+    hypervisor._connection().close()  # as if the daemon had dropped us
+    assert hypervisor.domain(guest.name).state is PowerState.RUNNING
 
 
 # --- qemu-img -----------------------------------------------------------------

@@ -14,14 +14,6 @@ from tests.integration.test_backup_steps import assert_running_on_own_images, ma
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def hypervisor(libvirtd):
-    from provbackup.hypervisor.libvirt import LibvirtHypervisor
-    hv = LibvirtHypervisor(libvirtd.uri)
-    yield hv
-    hv.close()
-
-
 def test_interrupted_snapshot_is_rolled_back_and_failed(make_guest, tmp_path, hypervisor):
     """A snapshot cut short (journal still 'snapshotting', VM on overlays) is undone: 5."""
     guest = make_guest()

@@ -15,14 +15,6 @@ from tests.rig.guest import read_console, read_records
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def hypervisor(libvirtd):
-    from provbackup.hypervisor.libvirt import LibvirtHypervisor
-    hv = LibvirtHypervisor(libvirtd.uri)
-    yield hv
-    hv.close()
-
-
 def backed_up(make_guest, tmp_path, hypervisor, running=True, **policy):
     """A guest, backed up completely, which then wrote on; returns (guest, ctx, backup records)."""
     guest = make_guest()

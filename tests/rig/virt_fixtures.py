@@ -20,7 +20,7 @@ import pytest
 from tests.rig import guest as guestlib
 from tests.rig.libvirtd import Libvirtd, RigError
 
-__all__ = ["libvirtd", "guest_artifacts", "libvirt_conn", "make_guest"]
+__all__ = ["libvirtd", "guest_artifacts", "libvirt_conn", "make_guest", "hypervisor"]
 
 BOOT_TIMEOUT = 90.0  # boot is ~6 s under TCG; leave room for a loaded CI host
 _GONE = (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID)
@@ -158,3 +158,12 @@ def _remove_domain(conn: libvirt.virConnect, name: str) -> None:
         except libvirt.libvirtError as e:
             if e.get_error_code() not in _GONE:
                 raise
+
+
+@pytest.fixture
+def hypervisor(libvirtd):
+    """provbackup's LibvirtHypervisor on the session's libvirtd, closed after the test."""
+    from provbackup.hypervisor.libvirt import LibvirtHypervisor
+    hv = LibvirtHypervisor(libvirtd.uri)
+    yield hv
+    hv.close()
