@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import os
+import re
 import stat
 import sys
 import traceback
@@ -58,7 +60,77 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--journal", action="store_true",
                      help="log to the systemd journal even when not started by systemd")
     run.set_defaults(handler=_run)
+    _add_operator_commands(commands)
     return parser
+
+
+_NEEDS_DAEMON = ("It acts as the control instance: it writes each request into the leaf and "
+                 "waits for the answer, so `provbackup run` must be active on the VM's node "
+                 "(sstNode). It stops at the first step that fails.")
+
+
+def _add_operator_commands(commands) -> None:
+    """status, explain, backup, restore and verify (issue 6 item 6; docs/operator.md)."""
+    status = commands.add_parser(
+        "status", help="the newest backup of each VM of this node",
+        description="One line per VM whose sstNode is this node's ENVIRONMENT: its newest "
+                    "backup leaf, mode, return value and how long ago it was answered.")
+    _add_config_option(status)
+    status.set_defaults(handler=_status)
+
+    explain = commands.add_parser(
+        "explain", help="a VM's disks, DHCP entry and resolved backup configuration",
+        description="Show the VM's disks and DHCP entry and its effective backup "
+                    "configuration, each value with the entry it came from (or 'default').")
+    _add_config_option(explain)
+    explain.add_argument("vm", metavar="VM", help="the VM's name (sstVirtualMachine)")
+    explain.set_defaults(handler=_explain)
+
+    backup = commands.add_parser(
+        "backup", help="back a VM up now through the daemon of its node",
+        description="Create a backup leaf and request snapshot, merge and retain on it. "
+                    + _NEEDS_DAEMON)
+    _add_config_option(backup)
+    backup.add_argument("vm", metavar="VM", help="the VM's name (sstVirtualMachine)")
+    backup.add_argument("--date", type=_backup_date, metavar="YYYYmmddTHHMMSSZ",
+                        help="the leaf's name (default: local time, seconds 00, a literal Z, "
+                             "as the broker writes it)")
+    _add_timeout_option(backup)
+    backup.set_defaults(handler=_backup)
+
+    restore = commands.add_parser(
+        "restore", help="restore a VM from a backup through the daemon of its node",
+        description="Request unretainSmallFiles and unretainLargeFiles on the leaf DATE, "
+                    "destroy and undefine the domain (through LIBVIRT_URI), then request "
+                    "restore. " + _NEEDS_DAEMON)
+    _add_config_option(restore)
+    restore.add_argument("vm", metavar="VM", help="the VM's name (sstVirtualMachine)")
+    restore.add_argument("date", type=_backup_date, metavar="DATE",
+                         help="the backup leaf (its ou, YYYYmmddTHHMMSSZ)")
+    _add_timeout_option(restore)
+    restore.set_defaults(handler=_restore)
+
+    verify = commands.add_parser(
+        "verify", help="check a backup directory against its checksum manifest",
+        description="Recompute the SHA-256 of every file the manifest of the backup lists. "
+                    "Without DATE: the newest leaf whose mode is retained or finished.")
+    _add_config_option(verify)
+    verify.add_argument("vm", metavar="VM", help="the VM's name (sstVirtualMachine)")
+    verify.add_argument("date", type=_backup_date, metavar="DATE", nargs="?",
+                        help="the backup leaf (its ou, YYYYmmddTHHMMSSZ)")
+    verify.set_defaults(handler=_verify)
+
+
+def _add_timeout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=3600.0,
+                        help="how long to wait for the answer to each step "
+                             "(default: %(default).0f)")
+
+
+def _backup_date(text: str) -> str:
+    if not re.fullmatch(r"\d{8}T\d{6}Z", text):
+        raise argparse.ArgumentTypeError(f"expected YYYYmmddTHHMMSSZ, got {text!r}")
+    return text
 
 
 def _seconds(text: str) -> float:
@@ -125,6 +197,77 @@ def _run(args: argparse.Namespace) -> ExitCode:
     return ExitCode.OK
 
 
+def _operator(args: argparse.Namespace, command) -> ExitCode:
+    """Load the configuration, open ONE directory connection and run `command` on it."""
+    # Imported here: check-config must work without the directory's dependencies.
+    from provbackup.directory.reader import DirectoryReader
+
+    cfg = config.load(args.config)
+    with DirectoryReader.open(cfg.ldap) as reader:
+        command(reader, cfg)
+    return ExitCode.OK
+
+
+def _status(args: argparse.Namespace) -> ExitCode:
+    from provbackup.commands import report
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return _operator(args, lambda reader, cfg: report.status(reader, cfg, sys.stdout, now))
+
+
+def _explain(args: argparse.Namespace) -> ExitCode:
+    from provbackup.commands import report
+
+    return _operator(args, lambda reader, cfg: report.explain(reader, cfg, args.vm, sys.stdout))
+
+
+def _verify(args: argparse.Namespace) -> ExitCode:
+    from provbackup.commands import report
+
+    return _operator(args, lambda reader, cfg: report.verify(reader, cfg, args.vm, args.date,
+                                                             sys.stdout))
+
+
+def _backup(args: argparse.Namespace) -> ExitCode:
+    from provbackup.commands import control
+
+    date = args.date or control.default_backup_date(datetime.datetime.now())
+    return _operator(args, lambda reader, cfg: control.backup(reader, cfg, args.vm, date,
+                                                              sys.stdout, args.timeout))
+
+
+def _restore(args: argparse.Namespace) -> ExitCode:
+    from provbackup.commands import control
+    from provbackup.hypervisor.libvirt import LibvirtHypervisor
+
+    def run(reader, cfg: config.Config) -> None:
+        hypervisor = LibvirtHypervisor(cfg.libvirt_uri)
+        try:
+            control.restore(reader, cfg, args.vm, args.date, sys.stdout, hypervisor,
+                            args.timeout)
+        finally:
+            hypervisor.close()
+    return _operator(args, run)
+
+
+def _failure_code(e: BaseException) -> ExitCode | None:
+    """The exit code of an operator command's failure, None if it is not one (a bug)."""
+    from provbackup.commands import CommandFailed
+    from provbackup.errors import StepError
+
+    if isinstance(e, (CommandFailed, StepError)):
+        return ExitCode.COMMAND_FAILED
+    # Imported only now: the module needs ldap3, which check-config does not.
+    from provbackup.directory.connection import (DirectoryAuthError, DirectoryError,
+                                                 DirectoryTLSError, DirectoryUnavailable)
+
+    if isinstance(e, (DirectoryUnavailable, DirectoryAuthError, DirectoryTLSError)):
+        return ExitCode.UNAVAILABLE
+    if isinstance(e, DirectoryError):
+        return ExitCode.COMMAND_FAILED
+    return None
+
+
 def _detached(lock: locking.InstanceLock):
     """python-daemon's DaemonContext: fork, setsid, cwd /, umask 027, stdin/stdout null."""
     import daemon  # python-daemon
@@ -153,6 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as e:  # noqa: BLE001 - the one place that turns crashes into a code
         if isinstance(e, SystemExit):
             raise
+        code = _failure_code(e) if isinstance(e, Exception) else None
+        if code is not None:
+            print(f"provbackup: {e}", file=sys.stderr)
+            return code
         print(f"provbackup: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         traceback.print_exc(file=sys.stderr)
         return ExitCode.INTERNAL_ERROR

@@ -17,8 +17,13 @@ class ExitCode(enum.IntEnum):
     INTERNAL_ERROR = 1
     #: wrong command line (argparse's own code)
     USAGE = 2
+    #: an operator command (status, explain, backup, restore, verify) failed: a step
+    #: answered an error or no answer came, the configuration did not resolve, or
+    #: verify found a problem
+    COMMAND_FAILED = 3
     #: `run`: the directory or libvirt could not be reached at start (EX_UNAVAILABLE);
-    #: systemd restarts the service after RestartSec
+    #: systemd restarts the service after RestartSec. The operator commands: the
+    #: directory could not be reached or refused the bind
     UNAVAILABLE = 69
     #: `run`: another provbackup already runs on this node (EX_TEMPFAIL); a restart
     #: cannot help while it does
