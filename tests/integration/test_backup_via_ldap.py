@@ -89,25 +89,3 @@ def test_failure_is_answered_with_its_number(directory, node, make_guest, tmp_pa
     assert attrs["sstProvisioningMode"] == ["snapshotting"]
     assert attrs["sstProvisioningReturnValue"] == [26]
 
-
-def test_backup_then_restore_through_ldap(directory, node, make_guest, tmp_path):
-    """The UI/broker restore sequence on the same leaf brings the VM back, answered each time."""
-    guest = make_guest()
-    for root in ("backup", "retain"):
-        (tmp_path / root).mkdir()
-    directory.slapd.add_ldif(vm_ldif(guest.name, guest.disks, backup_root=tmp_path / "backup",
-                                     retain_root=tmp_path / "retain"))
-    dn = add_leaf(directory, guest.name, ou=DATE)
-    guest.wait_for_records(10)
-    for verb, completion in (("snapshot", "snapshotted"), ("merge", "merged"),
-                             ("retain", "retained")):
-        run_step(directory, dn, verb, completion)
-    run_step(directory, dn, "unretainSmallFiles", "unretainedSmallFiles")
-    assert list((tmp_path / "retain").rglob(f"{guest.name}.ldif.{DATE}"))
-    run_step(directory, dn, "unretainLargeFiles", "unretainedLargeFiles")
-    guest.domain.destroy()  # what the broker does before requesting restore
-    guest.domain.undefineFlags(0)
-    attrs = run_step(directory, dn, "restore", "restored")
-    assert any(t.startswith("restore: ") for t in attrs["sstProvisioningExecutionTime"])
-    seq = guest.last_seq()
-    guest.wait_for_records(seq + 3, timeout=60)

@@ -26,7 +26,7 @@ from ldap3.core.exceptions import LDAPException
 
 from provbackup.config import LdapSettings, Secret
 from tests.rig.slapd import Slapd
-from tests.shared import SHARED, on_ci
+from tests.shared import shared_file
 
 __all__ = ["slapd", "directory", "stoney_ldap_dir", "stoney_slapd"]
 
@@ -37,10 +37,6 @@ PROJECT_SCHEMA_FILES = (
     LDAP_ETC_DIR / "provbackup-dhcp.schema",
 )
 SAMPLE_LDIF = LDAP_ETC_DIR / "sample.ldif"
-# ../shared/stoney-ldap beside the checkout, i.e.
-# Path(__file__).resolve().parents[3] / "shared" / "stoney-ldap", unless
-# PROVBACKUP_SHARED_DIR points elsewhere (see tests/shared.py).
-STONEY_LDAP_DIR = SHARED / "stoney-ldap"
 
 SUFFIX = "dc=stoney-cloud,dc=org"
 SERVICE_DN = f"ou=virtualization,ou=services,{SUFFIX}"
@@ -99,12 +95,7 @@ def directory(slapd: Slapd):
 @pytest.fixture(scope="session")
 def stoney_ldap_dir() -> Path:
     """The real stoney schema and seed data; skip locally, fail on CI."""
-    if not STONEY_LDAP_DIR.is_dir():
-        message = f"real stoney LDAP data not found at {STONEY_LDAP_DIR}"
-        if on_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    return STONEY_LDAP_DIR
+    return shared_file("stoney-ldap")
 
 
 @pytest.fixture(scope="session")
