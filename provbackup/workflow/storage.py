@@ -246,6 +246,17 @@ def apply_ownership(path: Path, owner: str | int, group: str | int, mode: int, *
 
 # --- publication ---------------------------------------------------------------------
 
+def _discarded(tmp: Path, e: OSError, error: type[errors.StepError],
+               what: str) -> errors.StepError:
+    """Remove a temporary file after `e`; the error to raise (47 for a full disk)."""
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+    cls = errors.NotEnoughDiskSpaceError if e.errno in NO_SPACE_ERRNOS else error
+    return cls(f"{what}: {e.strerror}")
+
+
 def publish(tmp: Path, final: Path, *, error: type[errors.StepError]
             = errors.CannotCopyFileToBackupLocationError) -> None:
     """Rename a complete temporary file to its final name (replacing it) and sync the directory."""
@@ -256,12 +267,7 @@ def publish(tmp: Path, final: Path, *, error: type[errors.StepError]
         os.rename(tmp, final)
         _fsync_directory(final.parent)
     except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        cls = errors.NotEnoughDiskSpaceError if e.errno in NO_SPACE_ERRNOS else error
-        raise cls(f"cannot publish {final}: {e.strerror}") from e
+        raise _discarded(tmp, e, error, f"cannot publish {final}") from e
 
 
 def write_file_atomic(path: Path, data: bytes, *, owner: str | int | None = None,
@@ -281,12 +287,7 @@ def write_file_atomic(path: Path, data: bytes, *, owner: str | int | None = None
         finally:
             os.close(fd)
     except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        cls = errors.NotEnoughDiskSpaceError if e.errno in NO_SPACE_ERRNOS else error
-        raise cls(f"cannot write {path}: {e.strerror}") from e
+        raise _discarded(tmp, e, error, f"cannot write {path}") from e
     try:
         if owner is not None or group is not None:
             if owner is None or group is None:
