@@ -278,7 +278,7 @@ class Daemon:
         self.hypervisor.close()
         if not any(t.is_alive() for t in self._threads):
             # A consumer still stuck in a connect would commit into a closed database;
-            # SQLite's WAL makes leaving it open as safe as a crash.
+            # SQLite's journal makes leaving it open as safe as a crash.
             self.mirror.close()
         log.info("stopped")
 

@@ -63,15 +63,13 @@ def server(settings: LdapSettings) -> ldap3.Server:
 def connect(settings: LdapSettings, streaming: bool = False) -> ldap3.Connection:
     """Open, secure and bind a connection; raise a DirectoryError subclass on failure.
 
-    `streaming` gives the ASYNC_STREAM connection a never-ending syncrepl search needs.
-    It has no receive timeout: ldap3 2.9.1's receiver thread spins for ever on a closed
-    socket when one is set. TCP keepalive notices a dead server instead.
+    `streaming`: a connection for a never-ending search, whose socket stream.py then
+    reads itself; TCP keepalive lets it notice a server that vanished without a word.
     """
     conn = ldap3.Connection(server(settings), user=settings.bind_dn,
                             password=settings.password.reveal(), auto_bind=ldap3.AUTO_BIND_NONE,
-                            client_strategy=ldap3.ASYNC_STREAM if streaming else ldap3.SYNC,
-                            raise_exceptions=True, auto_referrals=False,
-                            receive_timeout=None if streaming else settings.timeout)
+                            client_strategy=ldap3.SYNC, raise_exceptions=True,
+                            auto_referrals=False, receive_timeout=settings.timeout)
     where = f"{settings.uri} as {settings.bind_dn}"
     try:
         _open(conn, settings, where)

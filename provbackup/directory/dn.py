@@ -101,7 +101,36 @@ def normalize_dn(dn: str) -> str:
     sstVirtualMachinePool, sstDisk) matches case-insensitively, so lower-casing the
     values is right here, if not for LDAP in general.
     """
-    return join([(a, v.lower()) for a, v in rdns(dn)]) if dn else ""
+    if not dn:
+        return ""
+    plain = normalize_plain(dn)
+    return plain if plain is not None else join([(a, v.lower()) for a, v in rdns(dn)])
+
+
+# A DN without these needs no unescaping and no escaping: the common case, taken for
+# every entry of a refresh. tests/unit/test_dn.py checks both ways agree.
+_NOT_PLAIN = re.compile(r'[\\"+;<>#]')
+
+
+def normalize_plain(dn: str) -> str | None:
+    """normalize_dn for a DN needing no escapes; None if it may need them or is invalid."""
+    if _NOT_PLAIN.search(dn):
+        return None
+    out = []
+    for part in dn.split(","):
+        attribute, equals, value = part.partition("=")
+        attribute, value = attribute.strip(), value.strip(" ")
+        if not equals or not value or "=" in value or not _ATTRIBUTE.match(attribute):
+            return None
+        out.append(f"{attribute.lower()}={value.lower()}")
+    return ",".join(out)
+
+
+def split_normalized(ndn: str) -> list[str]:
+    """The RDNs of a normalized DN (as normalize_dn gives it), leftmost first."""
+    if "\\" not in ndn:
+        return ndn.split(",") if ndn else []
+    return [join([pair]) for pair in rdns(ndn)]
 
 
 def parent_dn(dn: str) -> str:

@@ -13,7 +13,7 @@ import dataclasses
 from typing import Iterable, Protocol
 
 from provbackup import errors
-from provbackup.directory.dn import child_dn, join, normalize_dn
+from provbackup.directory.dn import child_dn, normalize_dn
 from provbackup.directory.entry import Entry
 from provbackup.directory.schema import (DEVICE, DISK_CLASS, DISK_TARGET, DISK_TYPE, NODE,
                                          SOURCE_FILE, SOURCE_NAME, VM_POOL)
@@ -24,6 +24,7 @@ class Entries(Protocol):
 
     def get(self, dn: str) -> Entry | None: ...
     def subtree(self, dn: str) -> list[Entry]: ...
+    def named(self, rdn: str, base: str) -> list[Entry]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,8 +96,7 @@ def _disks(subtree: Iterable[Entry]) -> list[Disk]:
 def _dhcp(entries: Entries, name: str, service_subtree: str) -> list[Entry]:
     """The DHCP host entries named cn=<vm> anywhere below ou=dhcp,ou=networks."""
     base = child_dn("ou", "dhcp", child_dn("ou", "networks", service_subtree))
-    prefix = join([("cn", name.lower())]) + ","
-    return [e for e in entries.subtree(base) if e.key.startswith(prefix)]
+    return entries.named(child_dn("cn", name, ""), base)
 
 
 def to_ldif(entries: Iterable[Entry]) -> str:

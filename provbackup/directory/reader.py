@@ -15,7 +15,7 @@ from ldap3.utils.conv import escape_filter_chars
 from provbackup.config import LdapSettings
 from provbackup.directory import connection
 from provbackup.directory.connection import DirectoryError, DirectoryUnavailable
-from provbackup.directory.dn import rdns
+from provbackup.directory.dn import normalize_dn, rdns, split_normalized
 from provbackup.directory.entry import Entry
 
 
@@ -56,6 +56,14 @@ class DirectoryReader:
         """`dn` and everything below it, parents before children; [] when `dn` is absent."""
         return sorted(self._search(dn, "(objectClass=*)", ldap3.SUBTREE),
                       key=lambda e: len(rdns(e.dn)))
+
+    def named(self, rdn: str, base: str) -> list[Entry]:
+        """The entries with leftmost RDN `rdn` (e.g. cn=x) anywhere below `base`."""
+        attribute, value = rdns(rdn)[0]
+        key = normalize_dn(rdn)
+        return [e for e in self._search(base, f"({attribute}={escape_filter_chars(value)})",
+                                        ldap3.SUBTREE)
+                if split_normalized(e.key)[0] == key]
 
     def find(self, base: str, filter_: str, one_level: bool = False) -> list[Entry]:
         """The entries below `base` that match `filter_`; [] when `base` is absent."""

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable, Protocol
 
 import ldap3
-from ldap3.core import exceptions as ldap_errors
 
 from provbackup.config import LdapSettings
-from provbackup.directory import syncproto
+from provbackup.directory import syncproto, wire
 from provbackup.directory.connection import DirectoryError, DirectoryUnavailable, connect
 from provbackup.directory.entry import Entry
 from provbackup.directory.mirror import Mirror
+from provbackup.directory.stream import SearchStream, StreamClosed
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = 300.0
 #: how often the loop looks up from the stream (stop requests, a closed connection)
 POLL = 0.2
+#: longest time a received cookie waits before it is written, while changes keep coming.
+#: Writing one costs a commit and two fsyncs: done per change, a burst of a thousand
+#: changes for other nodes would hold up this node's next request for seconds.
+FLUSH_INTERVAL = 1.0
 
 
 class Listener(Protocol):
@@ -68,7 +73,13 @@ class SyncreplConsumer:
         self.reconnect_attempts = reconnect_attempts
         self._connector = connector or (lambda s: connect(s, streaming=True))
         self._stop = threading.Event()
-        self._search = None
+        # The newest cookie received and not yet written: a cookie is written (two
+        # fsyncs) when the stream goes quiet, not after each of a burst of changes.
+        self._cookie: bytes | None = None
+        self._flushed = 0.0
+        self._refreshing = True
+        self._started = 0.0
+        self._stored = self._deleted = 0  # entries received/removed in this search
         self.refreshes = 0  # completed refresh phases, for tests and status
 
     def stop(self) -> None:
@@ -111,97 +122,109 @@ class SyncreplConsumer:
         request_cookie = cookie or self.settings.default_cookie.encode()
         log.info("syncrepl: following %s from %s", self.settings.service_subtree,
                  "cookie " + cookie.decode(errors="replace") if cookie else "scratch")
+        stream = SearchStream(conn, POLL)
+        self._refreshing, self._started = True, time.monotonic()
+        self._stored = self._deleted = 0
         try:
-            self._search = conn.extend.standard.funnel_search(
-                search_base=self.settings.service_subtree, search_filter="(objectClass=*)",
-                search_scope=ldap3.SUBTREE, dereference_aliases=ldap3.DEREF_NEVER,
-                attributes=[ldap3.ALL_ATTRIBUTES],
-                controls=[syncproto.encode_sync_request("refreshAndPersist", request_cookie)])
+            stream.search(self.settings.service_subtree,
+                          [syncproto.encode_sync_request("refreshAndPersist", request_cookie)])
             self.mirror.start_refresh()
             while not self._stop.is_set():
-                message = self._search.next(block=True, timeout=POLL)
+                message = stream.next()
                 if message is None:
-                    if conn.closed:
-                        raise _Reconnect("the connection closed")
+                    self._flush()  # quiet for POLL seconds: make the cookie durable now
                     continue
                 self._handle(message)
-        except ldap_errors.LDAPException as e:
-            raise _Reconnect(f"{type(e).__name__}: {e}") from None
-        except syncproto.SyncProtocolError as e:
+                if time.monotonic() - self._flushed > FLUSH_INTERVAL:
+                    self._flush()  # changes keep coming: still, at least once a second
+        except StreamClosed as e:
+            raise _Reconnect(str(e)) from None
+        except (syncproto.SyncProtocolError, wire.WireError) as e:
             log.error("syncrepl: malformed message from the server: %s", e)
             raise _Reconnect(str(e)) from None
         finally:
+            self._flush()
             self.mirror.commit()  # keep applied entries; the cookie stays where it was
-            self._close(conn)
+            stream.close()
 
-    def _close(self, conn: ldap3.Connection) -> None:
-        search, self._search = self._search, None
-        try:
-            if search is not None and not conn.closed:
-                search.stop(unbind=False)
-            conn.unbind()
-        except (ldap_errors.LDAPException, OSError):
-            pass
+    def _flush(self) -> None:
+        """Store the newest cookie seen, after the changes it covers (fsync: not per entry)."""
+        cookie, self._cookie = self._cookie, None
+        self._flushed = time.monotonic()
+        if cookie is not None:
+            self.mirror.commit(cookie)
 
-    def _handle(self, message: dict) -> None:
-        kind = message.get("type")
-        if kind == "searchResEntry":
-            self._entry(message)
-        elif kind == "intermediateResponse" and message.get("responseName") == \
+    def _handle(self, message: wire.Message) -> None:
+        operation = message.operation
+        if message.message_id == wire.UNSOLICITED:
+            raise _Reconnect(f"the server ends the connection: {_result_text(operation)}")
+        if isinstance(operation, wire.SearchEntry):
+            self._entry(operation, message.controls)
+        elif isinstance(operation, wire.Intermediate) and operation.name == \
                 syncproto.SYNC_INFO_OID:
-            self._info(syncproto.decode_sync_info(message.get("responseValue") or b""))
-        elif kind == "searchResDone":
-            self._done(message)
+            self._info(syncproto.decode_sync_info(operation.value or b""))
+        elif message.tag == wire.SEARCH_RESULT_DONE:
+            self._done(operation, message.controls)
 
-    def _entry(self, message: dict) -> None:
-        control = (message.get("controls") or {}).get(syncproto.SYNC_STATE_OID)
-        if control is None:
-            log.warning("syncrepl: entry %s without Sync State, ignored", message.get("dn"))
+    def _entry(self, entry: wire.SearchEntry, controls) -> None:
+        value = controls.get(syncproto.SYNC_STATE_OID)
+        if value is None:
+            log.warning("syncrepl: entry %s without Sync State, ignored", entry.dn)
             return
-        state = syncproto.decode_sync_state(control["value"])
+        state = syncproto.decode_sync_state(value)
         if state.state == "delete":
-            self.mirror.delete([state.uuid])
+            self._deleted += self.mirror.delete([state.uuid])
         elif state.state == "present":
             self.mirror.present([state.uuid])
         else:
-            attributes = {name: list(values) for name, values in
-                          (message.get("raw_attributes") or {}).items()}
-            entry = self.mirror.upsert(state.uuid, message["dn"], attributes)
-            if state.cookie is not None:  # persist phase: tell the daemon, then commit
-                self._tell(entry)
+            self.mirror.store(state.uuid, entry.dn, entry.attributes)
+            self._stored += 1
+            if not self._refreshing:  # persist phase: tell the daemon, then the cookie
+                self._tell(Entry(entry.dn, wire.decode_attributes(entry.attributes)))
         if state.cookie is not None:
-            self.mirror.commit(state.cookie)
+            self._cookie = state.cookie
 
     def _info(self, info: syncproto.SyncInfo) -> None:
         if info.kind == "newcookie":
-            self.mirror.commit(info.cookie)
+            self._cookie = info.cookie
         elif info.kind == "syncIdSet":
             uuids = [syncproto.uuid_text(u) for u in info.uuids]
             if info.refresh_deletes:
-                self.mirror.delete(uuids)
+                self._deleted += self.mirror.delete(uuids)
             else:
                 self.mirror.present(uuids)
         elif info.refresh_done:  # refreshDelete or refreshPresent: the refresh is over
-            dropped = self.mirror.end_refresh(present_phase=info.kind == "refreshPresent")
-            self.mirror.commit(info.cookie)
+            self._deleted += self.mirror.end_refresh(
+                present_phase=info.kind == "refreshPresent")
+            self._cookie = info.cookie or self._cookie
+            self._flush()
+            self._refreshing = False
             self.refreshes += 1
-            log.info("syncrepl: refresh done (%d entries, %d dropped)", len(self.mirror), dropped)
+            log.info("syncrepl: refresh done in %.3f s: %d entries, %d added or changed, "
+                     "%d deleted", time.monotonic() - self._started, len(self.mirror),
+                     self._stored, self._deleted)
             self.listener.refreshed()
 
-    def _done(self, message: dict) -> None:
-        if message.get("result") == syncproto.SYNC_REFRESH_REQUIRED:
+    def _done(self, result: wire.Result, controls) -> None:
+        if result.code == syncproto.SYNC_REFRESH_REQUIRED:
             log.warning("syncrepl: the cookie is too old (e-syncRefreshRequired); "
                         "dropping the mirror for a full refresh")
+            self._cookie = None
             self.mirror.clear()
             raise _Reconnect("refresh required", backoff=False)
-        control = (message.get("controls") or {}).get(syncproto.SYNC_DONE_OID)
-        if control is not None:
-            self.mirror.commit(syncproto.decode_sync_done(control["value"]).cookie)
-        raise _Reconnect(f"the search ended: {message.get('result')} "
-                         f"{message.get('description')} {message.get('message') or ''}".strip())
+        value = controls.get(syncproto.SYNC_DONE_OID)
+        if value is not None:
+            self._cookie = syncproto.decode_sync_done(value).cookie or self._cookie
+        raise _Reconnect(f"the search ended: {_result_text(result)}")
 
     def _tell(self, entry: Entry) -> None:
         try:
             self.listener.changed(entry)
         except Exception:  # noqa: BLE001 - one bad entry must not stop the consumer
             log.exception("syncrepl: handling the change of %s failed", entry.dn)
+
+
+def _result_text(result: object) -> str:
+    if not isinstance(result, wire.Result):
+        return "no result"
+    return f"result {result.code} {result.message}".strip()

@@ -210,12 +210,12 @@ def test_restart_receives_only_what_changed(directory, stack, tmp_path):
 def count_upserts(stack):
     """Record the DNs the mirror receives as whole entries (adds and modifies)."""
     seen = []
-    original = stack.mirror.upsert
+    original = stack.mirror.store
 
-    def upsert(uuid, dn, attributes):
+    def store(uuid, dn, blob):
         seen.append(dn.lower())
-        return original(uuid, dn, attributes)
-    stack.mirror.upsert = upsert
+        return original(uuid, dn, blob)
+    stack.mirror.store = store
     return seen
 
 

@@ -37,6 +37,10 @@ class Entries:
         return sorted((e for k, e in self.items.items() if k == base or k.endswith("," + base)),
                       key=lambda e: len(e.key))
 
+    def named(self, rdn, base):
+        from provbackup.directory.dn import normalize_dn
+        return [e for e in self.subtree(base) if e.key.startswith(normalize_dn(rdn) + ",")]
+
 
 class Answers:
     def __init__(self):
