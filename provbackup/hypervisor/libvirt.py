@@ -78,11 +78,6 @@ def _msg(e: libvirt.libvirtError) -> str:
     return e.get_error_message() or str(e)
 
 
-# A memory snapshot writes the guest's RAM at disk speed: minutes for a large guest.
-SETTLE_TIMEOUT = 1800.0
-SETTLE_POLL = 0.1
-
-
 class LibvirtHypervisor:
     """provbackup's hypervisor on one libvirt URI; safe to share between threads."""
 
@@ -375,30 +370,6 @@ class LibvirtHypervisor:
                    ET.tostring(root, encoding="unicode"))
 
     # --- restore and friends ----------------------------------------------
-
-    def settle(self, name: str, timeout: float = SETTLE_TIMEOUT) -> None:
-        """Wait until libvirt runs no job on the domain (CannotConnectToBackendError if it
-        still does after `timeout`): a snapshot whose caller was killed goes on in
-        libvirtd, and its disks change when it ends."""
-        dom = self._lookup(name)
-        deadline = time.monotonic() + timeout
-        while self._job(dom, name) in (libvirt.VIR_DOMAIN_JOB_BOUNDED,
-                                       libvirt.VIR_DOMAIN_JOB_UNBOUNDED):
-            if time.monotonic() > deadline:
-                raise CannotConnectToBackendError(
-                    f"{self.uri}: {name} still runs a libvirt job after {timeout:.0f} s")
-            time.sleep(SETTLE_POLL)
-
-    def _job(self, dom: libvirt.virDomain, name: str) -> int:
-        """The type of the job libvirt runs on `dom`. virDomainGetJobStats, unlike
-        virDomainGetJobInfo, waits for a snapshot's job to end (up to libvirt's 30 s, a
-        timeout then meaning: still busy), so it also sees a job it reports as none."""
-        try:
-            return dom.jobStats().get("type", libvirt.VIR_DOMAIN_JOB_NONE)
-        except libvirt.libvirtError as e:
-            if e.get_error_code() == libvirt.VIR_ERR_OPERATION_TIMEOUT:
-                return libvirt.VIR_DOMAIN_JOB_UNBOUNDED
-            raise self._error(e, UndefinedError, f"job of {name}") from e
 
     def exists(self, name: str) -> bool:
         """Whether a domain of this name is defined or running here."""
