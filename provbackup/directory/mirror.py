@@ -47,8 +47,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB);
 _INSERT = "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)"
 BATCH = 512  # entries handed to the writer thread at once
 _SEP = "\x01"  # below every character a DN holds; NUL is avoided (C strings)
-# sstProvisioningState's type in an attribute list, then its values' SET (see _pending).
-_STATE_TYPE = re.compile(b"\x04" + bytes((len(STATE),)) + b"(?i:" + STATE.encode() + b")\x31")
+_STATE_NAME = re.compile(b"(?i:" + STATE.encode() + b")").search
+_STATE_LOWER = STATE.lower().encode()
 
 
 def dn_path(dn: str) -> str:
@@ -75,19 +75,24 @@ def _path(dn: str) -> str:
 
 
 def _pending(blob: bytes) -> bool:
-    """Whether the entry's first sstProvisioningState value is "0", found without decoding.
+    """Whether the entry's first sstProvisioningState value is "0".
 
-    Most entries are not backup leaves and have no such attribute; a leaf's value is
-    read where the type is found. Only an unusual (long-form) encoding is decoded.
+    Most entries are not backup leaves: where the name does not occur at all (one
+    regular-expression search), the attribute cannot be there. Otherwise the
+    attribute list is walked, looking at types only, never inside other values.
     """
-    for found in _STATE_TYPE.finditer(blob):
-        head = blob[found.end():found.end() + 4]  # SET length, OCTET STRING, length, "0"
-        if len(head) < 3 or head[0] >= 0x80 or head[1] != 0x04 or head[2] >= 0x80:
-            values = wire.decode_attributes(blob)
-            return any(name.lower() == STATE.lower() and vals[:1] == ("0",)
-                       for name, vals in values.items())
-        if head[2:] == b"\x010":
-            return True
+    if not _STATE_NAME(blob):
+        return False
+    pos, end = 0, len(blob)
+    while pos < end:
+        _, start, pos = wire.element(blob, pos, end)
+        _, t_start, t_stop = wire.element(blob, start, pos)
+        if blob[t_start:t_stop].lower() == _STATE_LOWER:
+            _, v_start, v_stop = wire.element(blob, t_stop, pos)
+            if v_start == v_stop:
+                return False
+            _, f_start, f_stop = wire.element(blob, v_start, v_stop)
+            return blob[f_start:f_stop] == b"0"
     return False
 
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
+import uuid
 
 import pytest
+from pyasn1.codec.der import encoder as der_encoder
 
 from provbackup.directory import syncproto as sp
 from provbackup.directory.syncproto import SyncProtocolError
@@ -487,3 +489,100 @@ def test_damaged_bytes_give_a_result_or_a_protocol_error(rng):
     except SyncProtocolError:
         return
     assert isinstance(result, (sp.SyncState, sp.SyncDone, sp.SyncInfo))
+
+
+# --- the fast path of decode_sync_state ---------------------------------------------
+
+def fixed_property_check(check):
+    """property_check with hypothesis derandomized: the same examples on every run."""
+    if given is not None:
+        return settings(database=None, deadline=None, max_examples=500, derandomize=True)(
+            given(rng=st.randoms(use_true_random=False))(check))
+    return property_check(check)
+
+
+def pyasn1_sync_state(value: bytes) -> sp.SyncState:
+    """decode_sync_state without its fast path: pyasn1's decoding, then the same checks."""
+    obj = sp._decode(value, sp._SyncStateValue(), "Sync State", 0x30)
+    number = int(obj["state"])
+    if number not in sp.STATES:
+        raise SyncProtocolError(f"Sync State: unknown state value {number}")
+    raw = bytes(obj["entryUUID"])
+    if len(raw) != 16:
+        raise SyncProtocolError(f"Sync State: entryUUID must be 16 bytes, got {len(raw)}")
+    return sp.SyncState(sp.STATES[number], raw, sp._opt_bytes(obj, "cookie"))
+
+
+def pyasn1_encoded_state(number: int, raw: bytes, ck: bytes | None) -> bytes:
+    """A Sync State value encoded by pyasn1's DER encoder from the module's ASN.1."""
+    value = sp._SyncStateValue()
+    value["state"] = number
+    value["entryUUID"] = raw
+    if ck is not None:
+        value["cookie"] = ck
+    return der_encoder.encode(value)
+
+
+def outcome(decode, value):
+    """The SyncState `decode` gives, or the message of its SyncProtocolError."""
+    try:
+        return decode(value)
+    except SyncProtocolError as e:
+        return str(e)
+
+
+@fixed_property_check
+def test_sync_state_fast_path_agrees_with_pyasn1(rng):
+    """Any state, UUID and cookie (none or 0..200 bytes) decode as without the fast path."""
+    number, raw = rng.randrange(4), rand_bytes(rng, 16, 16)
+    ck = None if rng.random() < 0.25 else rand_bytes(rng, 0, 200)
+    value = pyasn1_encoded_state(number, raw, ck)
+    expected = pyasn1_sync_state(value)
+    assert expected == sp.SyncState(sp.STATES[number], raw, ck)
+    assert sp.decode_sync_state(value) == expected
+    assert sp.decode_sync_state(bytearray(value)) == expected
+    fast = sp._sync_state_fast(value)
+    assert fast is None or fast == expected
+
+
+@pytest.mark.parametrize("cookie_size", [None, 0, 1, 104, 105, 106, 127, 128, 200])
+def test_sync_state_around_the_short_form_limit(cookie_size):
+    """Cookies on both sides of the fast path's size limit decode exactly as pyasn1 decodes them."""
+    raw = bytes(range(16))
+    ck = None if cookie_size is None else bytes(range(cookie_size))
+    value = pyasn1_encoded_state(2, raw, ck)
+    assert sp.decode_sync_state(value) == pyasn1_sync_state(value) == \
+        sp.SyncState("modify", raw, ck)
+
+
+def test_sync_state_fast_path_reads_the_recorded_values():
+    """Every Sync State slapd sent (all short) is taken by the fast path, decoded as pyasn1 does."""
+    for value in RECORDED[sp.decode_sync_state]:
+        assert sp._sync_state_fast(value) == pyasn1_sync_state(value)
+
+
+@fixed_property_check
+def test_damaged_sync_state_is_decoded_as_pyasn1_decodes_it(rng):
+    """A short Sync State with bytes changed, added or removed gets pyasn1's answer (or error)."""
+    ck = None if rng.random() < 0.3 else rand_bytes(rng, 0, 60)
+    raw = bytearray(pyasn1_encoded_state(rng.randrange(4), rand_bytes(rng, 16, 16), ck))
+    for _ in range(rng.randint(1, 3)):
+        where, kind = rng.randrange(len(raw)), rng.randrange(4)
+        if kind == 0:
+            raw[where] = rng.randrange(256)
+        elif kind == 1:
+            raw[where] = rng.choice([0x00, 0x01, 0x04, 0x0A, 0x10, 0x30, len(raw) - 2, 0x81])
+        elif kind == 2:
+            raw.insert(where, rng.randrange(256))
+        elif len(raw) > 1:
+            del raw[where]
+    value = bytes(raw)
+    assert outcome(sp.decode_sync_state, value) == outcome(pyasn1_sync_state, value)
+
+
+@fixed_property_check
+def test_uuid_text_is_what_the_uuid_module_writes(rng):
+    """uuid_text(raw) equals str(uuid.UUID(bytes=raw)) for any 16 bytes."""
+    raw = rand_bytes(rng, 16, 16)
+    assert sp.uuid_text(raw) == str(uuid.UUID(bytes=raw))
+    assert sp.uuid_text(bytearray(raw)) == str(uuid.UUID(bytes=raw))
