@@ -69,6 +69,10 @@ class Hypervisor(Protocol):
         CannotSaveMachineStateError (5) on failure, leaving the domain as it was.
         """
 
+    def settle(self, name: str) -> None:
+        """Wait until no hypervisor job (e.g. a snapshot a killed daemon began) runs on
+        the domain, so that what is read next stays true."""
+
     def commit(self, name: str, target: str, bandwidth_mib: int = 0) -> None:
         """Merge the overlay of disk `target` back into the image below it and pivot.
 

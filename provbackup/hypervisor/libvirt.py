@@ -44,6 +44,11 @@ _RUNNING_STATES = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED,
 _OFF_STATES = (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED)
 _SUSPENDED, _RESUMED = libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_RESUMED
 
+# A memory snapshot writes the guest's RAM at disk speed: minutes for a large guest.
+SETTLE_TIMEOUT = 1800.0
+# An element no one else uses: settle() removes it, which changes nothing.
+SETTLE_METADATA_URI = "https://provbackup.invalid/settle"
+
 _loop_lock = threading.Lock()
 _loop_started = False
 
@@ -370,6 +375,44 @@ class LibvirtHypervisor:
                    ET.tostring(root, encoding="unicode"))
 
     # --- restore and friends ----------------------------------------------
+
+    def settle(self, name: str, timeout: float = SETTLE_TIMEOUT) -> None:
+        """Wait until libvirt runs no job on the domain (CannotConnectToBackendError if it
+        still does after `timeout`).
+
+        A snapshot whose caller was killed goes on in libvirtd, and the disks move onto
+        the overlays when it ends. Neither virDomainGetJobInfo nor GetJobStats tells
+        reliably that it runs (a snapshot's job has no status before and after its
+        memory phase). What is reliable is libvirt's job lock: removing a metadata
+        element nobody set needs a MODIFY job, which libvirt grants only once the
+        snapshot's job is over (waiting up to its own 30 s, then failing with a timeout,
+        after which we ask again). The removal itself changes nothing.
+        """
+        dom = self._lookup(name)
+        deadline = time.monotonic() + timeout
+        invalid = 0
+        while True:
+            try:
+                flags = (libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive()
+                         else libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+                dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, None, None,
+                                SETTLE_METADATA_URI, flags)
+                return
+            except libvirt.libvirtError as e:
+                # OPERATION_INVALID: it may have started or stopped between the two
+                # calls; a few of those in a row mean something else.
+                invalid = invalid + 1 if e.get_error_code() == \
+                    libvirt.VIR_ERR_OPERATION_INVALID else 0
+                busy = e.get_error_code() == libvirt.VIR_ERR_OPERATION_TIMEOUT \
+                    or 0 < invalid < 3
+                if not busy:
+                    raise self._error(e, CannotConnectToBackendError,
+                                      f"wait for the jobs of {name}") from e
+                if time.monotonic() > deadline:
+                    raise CannotConnectToBackendError(
+                        f"{self.uri}: {name} still runs a libvirt job after "
+                        f"{timeout:.0f} s: {_msg(e)}") from e
+                time.sleep(0.1)
 
     def exists(self, name: str) -> bool:
         """Whether a domain of this name is defined or running here."""

@@ -417,3 +417,29 @@ def test_qemuimg_run_timeout_kills_the_process_group(tmp_path):
         qemuimg.run(["qemu-img", "info", "-f", "qcow2", pid_file], timeout=30)
     assert "qemu-img info" in failed.value.detail and "qcow2" in failed.value.detail
     assert qemuimg.run(["true"], timeout=5).returncode == 0
+
+
+def test_settle_waits_for_a_snapshot_another_client_runs(hypervisor, make_guest, tmp_path):
+    """settle() returns only once a snapshot begun on another connection is over: a
+    daemon restarted after a kill must not look at the disks while libvirtd still
+    finishes the killed daemon's snapshot."""
+    guest = make_guest()
+    other = LibvirtHypervisor(hypervisor.uri)
+    overlays = {"vda": tmp_path / f"{guest.name}-vda.overlay.qcow2"}
+    memory = tmp_path / f"{guest.name}.state"
+    snapshotting = threading.Thread(target=other.snapshot, args=(guest.name, overlays, memory))
+    snapshotting.start()
+    try:
+        # The memory file appears once libvirt's snapshot job has begun; the disks move
+        # onto the overlays when it ends.
+        deadline = time.monotonic() + 60
+        while not memory.exists():
+            assert time.monotonic() < deadline and snapshotting.is_alive(), \
+                "the snapshot never began"
+            time.sleep(0.001)
+        hypervisor.settle(guest.name)
+        assert [d.source for d in hypervisor.domain(guest.name).disks] == [overlays["vda"]]
+    finally:
+        snapshotting.join(120)
+        other.close()
+    hypervisor.commit(guest.name, "vda")
