@@ -35,6 +35,7 @@ from provbackup.directory.status import StatusWriter
 from provbackup.directory.syncrepl import SyncreplConsumer
 from provbackup.errors import CannotConnectToBackendError
 from provbackup.hypervisor.base import Hypervisor
+from provbackup.notify import notify as sd_notify
 from provbackup.workflow.dispatcher import Dispatcher
 from provbackup.workflow.intake import Intake, Request
 from provbackup.workflow.job import StepRunner
@@ -56,19 +57,6 @@ Notify = Callable[[str], bool]
 
 class UnavailableError(Exception):
     """The directory or libvirt could not be reached at start."""
-
-
-def sd_notify(state: str) -> bool:
-    """Tell systemd `state` (e.g. READY=1); False without a notify socket."""
-    from systemd import daemon as systemd_daemon  # binds libsystemd; only needed here
-
-    try:
-        return systemd_daemon.notify(state)
-    except OSError as e:
-        # A vanished or full notify socket must not take the daemon down; a missed
-        # WATCHDOG=1 is what systemd will notice if it persists.
-        log.debug("sd_notify failed: %s", e)
-        return False
 
 
 class Daemon:
