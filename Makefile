@@ -3,13 +3,15 @@
 #               slapd, libvirtd and guest (the CI runs exactly this)
 #   make demo   provbackup's main job end to end: a private directory, libvirtd and
 #               guest, the daemon, a backup and a restore, shown with ldapsearch
+#   make bench  runs the benchmarks (bench/) and writes docs/performance.md; needs root
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: test demo deps clean
+.PHONY: test demo bench deps clean
 
 deps: $(VENV)/.installed
 
@@ -28,6 +30,10 @@ test: deps
 
 demo: deps
 	$(PY) -m tests.rig.demo
+
+# e.g. make bench BENCH_ARGS=--quick, or BENCH_ARGS="--only directory"
+bench: deps
+	$(PY) bench/report.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .deps-debian.stamp .pytest_cache build *.egg-info

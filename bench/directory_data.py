@@ -2,7 +2,7 @@
 
 Each VM is shaped like the sample directory's web-01 (etc/ldap/sample.ldif): the VM
 entry, ou=devices with a disk and a CD-ROM, ou=backup with LEAVES finished backup
-leaves, and a DHCP host entry - 7 + LEAVES entries per VM. VM i runs on node
+leaves, and a DHCP host entry - 6 + LEAVES entries per VM. VM i runs on node
 `node-{i % NODES + 1:02d}`, so a node owns 1/NODES of them (the benchmark's daemon is
 node-01). Loaded offline with slapadd, which is what an operator would do to seed a
 directory of this size; slapd then serves it as usual, syncprov included.
@@ -47,7 +47,8 @@ def leaf_dn(i: int, date: str) -> str:
 
 
 def entries_per_vm() -> int:
-    return 7 + LEAVES
+    """VM, ou=devices, two disks, ou=backup, the leaves and the DHCP host entry."""
+    return 6 + LEAVES
 
 
 def vm_ldif(i: int) -> str:
