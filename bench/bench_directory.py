@@ -67,6 +67,7 @@ import argparse
 import base64
 import contextlib
 import datetime
+import json
 import math
 import os
 import re
@@ -788,6 +789,7 @@ class RefreshRow:
     refresh: float
     ready: float
     rss: float
+    parts: dict[str, float] | None  # bench/refresh_parts.py: seconds per variant
 
 
 def refresh_size(workdir: Path, n: int, libvirt_uri: str) -> RefreshRow:
@@ -824,10 +826,24 @@ def refresh_size(workdir: Path, n: int, libvirt_uri: str) -> RefreshRow:
             log(f"refresh: {n:,} VMs run {k + 1}/{REPEAT}: ldapsearch {seconds:.2f} s, daemon "
                 f"refresh {refresh.seconds:.2f} s, READY=1 after {runs['ready'][-1]:.2f} s")
         med = {name: statistics.median(values) for name, values in runs.items()}
+        parts = refresh_parts(config, workdir / "parts") if n else None
         return RefreshRow(n, entries, med["ldapsearch"], med["ldapsearch_rss"], med["refresh"],
-                          med["ready"], med["rss"])
+                          med["ready"], med["rss"], parts)
     finally:
         data.remove(server)
+
+
+def refresh_parts(config: Path, state_root: Path) -> dict[str, float]:
+    """bench/refresh_parts.py on this directory: the consumer's refresh, in a process of
+    its own, in full, without SQLite, and decoding only."""
+    log(f"refresh: where the time goes (bench/refresh_parts.py, {REPEAT} runs each)")
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "refresh_parts.py"),
+                           str(config), str(state_root), "--runs", str(REPEAT)],
+                          capture_output=True, text=True, cwd=REPO, timeout=1800)
+    if done.returncode != 0:
+        raise BenchFailure(f"bench/refresh_parts.py exited with {done.returncode}",
+                           done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def figure_refresh(workdir: Path, sizes: list[int], libvirt_uri: str) -> None:
@@ -847,6 +863,19 @@ def figure_refresh(workdir: Path, sizes: list[int], libvirt_uri: str) -> None:
         out(f"| {r.n:,} | {r.entries:,} | {r.ldapsearch:.3f} | {mb(r.ldapsearch_rss)} "
             f"| {r.refresh:.3f} | {r.ready:.3f} | {r.ready - r.refresh:.3f} | {mb(r.rss)} "
             f"| {r.refresh / r.ldapsearch:.2f} | {r.ready / r.ldapsearch:.2f} |")
+    out()
+    out("Where the refresh time goes: the daemon's consumer alone in a process (bench/"
+        f"refresh_parts.py, median of {REPEAT}, variants interleaved) in full, then building "
+        "each mirror row but not storing it, then only reading and decoding the messages. "
+        "Each difference is what one stage costs.\n")
+    out("| VMs | full s | without SQLite s | decode only s | SQLite (inserts, commit) s "
+        "| mirror rows (DN path, pending flag) s | ldapsearch s | decode only / ldapsearch |")
+    out("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows[1:]:
+        p = r.parts
+        out(f"| {r.n:,} | {p['full']:.3f} | {p['rows']:.3f} | {p['decode']:.3f} "
+            f"| {p['full'] - p['rows']:.3f} | {p['rows'] - p['decode']:.3f} "
+            f"| {r.ldapsearch:.3f} | {p['decode'] / r.ldapsearch:.2f} |")
     out()
     for r in rows[1:]:
         out(f"- target {r.n:,} VMs, refresh <= {REFRESH_FACTOR:g} x ldapsearch: "

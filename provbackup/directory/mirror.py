@@ -51,10 +51,22 @@ _STATE_NAME = re.compile(b"(?i:" + STATE.encode() + b")").search
 _STATE_LOWER = STATE.lower().encode()
 
 
+# A DN already in normal form but for case: single-valued RDNs, no escapes, no spaces
+# next to a separator. Nearly every DN slapd sends is one; its path is then made with
+# str methods alone, a third of the time of _path below (a refresh makes 90,000).
+_VALUE = r'[^\s,=\\"+;<>#](?:[^,=\\"+;<>#]*[^\s,=\\"+;<>#])?'
+_RDN = r"[A-Za-z][A-Za-z0-9-]*=" + _VALUE
+_CANONICAL = re.compile(f"{_RDN}(?:,{_RDN})*").fullmatch
+
+
 def dn_path(dn: str) -> str:
     """The normalized RDNs of `dn`, root first, joined by _SEP: one index covers get(),
     children(), subtree() and named(), and each row stays small (a refresh writes
     every one of them)."""
+    if _CANONICAL(dn):
+        parts = dn.lower().split(",")
+        parts.reverse()
+        return _SEP.join(parts)
     return _path(dn)
 
 
