@@ -92,6 +92,7 @@ import ldap3  # noqa: E402
 
 import directory_data as data  # noqa: E402  (bench/, beside this file)
 from tests.rig.ldap_fixtures import SERVICE_DN, SUFFIX  # noqa: E402
+from tests.rig.daemon_config import write_daemon_config  # noqa: E402
 from tests.rig.libvirtd import Libvirtd  # noqa: E402
 from tests.rig.slapd import Slapd, _tool  # noqa: E402
 
@@ -458,35 +459,9 @@ class Refresh:
 
 def write_config(path: Path, server: Slapd, password: Path, libvirt_uri: str,
                  state: Path) -> Path:
-    """The daemon's configuration: node-01, plain LDAP on loopback, password in a file
-    (as tests/rig/daemon_rig.write_config, which is not imported: it pulls in pytest and
-    the integration tests)."""
-    path.write_text(f"""[Global]
-ENVIRONMENT = {data.THIS_NODE}
-LOG_INFO = 1
-
-[Database]
-SERVER = 127.0.0.1
-PORT = {server.port}
-TLS = none
-TIMEOUT = 10
-ADMIN_USER = {server.root_dn}
-PASSWORD_FILE = {password}
-SERVICE_SUBTREE = {SERVICE_DN}
-STONEY_CLOUD_WIDE_CONFIGURATION = ou=backup,ou=configuration,{SERVICE_DN}
-COOKIE_FILE = {state}/syncrepl.cookie
-
-[Operation Mode]
-SLEEP = 1
-ATTEMPTS = 1
-
-[Hypervisor]
-LIBVIRT_URI = {libvirt_uri}
-
-[Daemon]
-STATE_DIRECTORY = {state}
-""")
-    return path
+    """The daemon's configuration: node-01, plain LDAP on loopback, password in a file."""
+    return write_daemon_config(path, port=server.port, root_dn=server.root_dn,
+                               password=password, libvirt_uri=libvirt_uri, state=state)
 
 
 def ready_timeout(n: int) -> float:

@@ -17,12 +17,13 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+from tests.rig.daemon_config import NODE
 from tests.rig.ldap_fixtures import PROJECT_SCHEMA_FILES, SAMPLE_LDIF, SERVICE_DN, SUFFIX
 from tests.rig.slapd import Slapd, _tool
 
 NODES = 20
 LEAVES = 3
-THIS_NODE = "node-01"
+THIS_NODE = NODE  # the node the daemon's configuration names
 POOL = "dad483bd-f35b-453f-ab67-ea637526a216"  # the sample directory's pool
 DHCP_VMS = f"ou=virtual machines,cn=192.168.140.0,cn=config-01,ou=dhcp,ou=networks,{SERVICE_DN}"
 VMS = f"ou=virtual machines,{SERVICE_DN}"

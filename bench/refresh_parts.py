@@ -25,7 +25,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from provbackup import config as configuration  # noqa: E402
-from provbackup.directory import mirror as mirror_module  # noqa: E402
 from provbackup.directory.mirror import Mirror  # noqa: E402
 from provbackup.directory.syncrepl import SyncreplConsumer  # noqa: E402
 
@@ -34,8 +33,7 @@ class RowsOnly(Mirror):
     """Builds each row as Mirror.store does, then drops it."""
 
     def store(self, uuid: str, dn: str, blob: bytes) -> None:
-        self._rows = [(uuid, dn, mirror_module.dn_path(dn), int(mirror_module._pending(blob)),
-                       blob)]
+        self.row(uuid, dn, blob)
 
 
 class Nothing(Mirror):

@@ -44,13 +44,13 @@ def abandon_snapshot(ctx: StepContext) -> dict[str, float]:
     """
     layout = ctx.layout()
     overlays = {d.target: str(layout.overlay(d.source)) for d in ctx.machine.disks}
+    on_overlays = []
     if ctx.hypervisor.exists(ctx.vm):
         # libvirtd finishes a snapshot its killed caller began: let it, or the domain
         # would move onto the overlays after we looked.
         ctx.hypervisor.settle(ctx.vm)
-    on_overlays = [d.target for d in ctx.hypervisor.domain(ctx.vm).disks
-                   if str(d.source) == overlays.get(d.target)] \
-        if ctx.hypervisor.exists(ctx.vm) else []
+        on_overlays = [d.target for d in ctx.hypervisor.domain(ctx.vm).disks
+                       if str(d.source) == overlays.get(d.target)]
     journal = ctx.journals.load(ctx.vm)
     started = (journal is not None and journal.backup_date == ctx.date) or on_overlays \
         or layout.working.exists()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_directory_follow import add_leaf, read, request, wait_for
-from tests.rig.ldap_fixtures import SERVICE_DN
+from tests.rig.daemon_config import write_daemon_config
 from tests.rig.vm_entries import vm_ldif
 
 __all__ = ["rig_config", "daemon", "roots"]
@@ -34,33 +34,10 @@ def write_config(path: Path, directory, libvirtd, state: Path, *, port=None, sle
     password = directory.slapd.write_password_file(path.parent / "ldap.password")
     if wrong_password:
         password.write_text("not-the-password")
-    path.write_text(f"""[Global]
-ENVIRONMENT = node-01
-LOG_INFO = 1
-
-[Database]
-SERVER = 127.0.0.1
-PORT = {port or directory.slapd.port}
-TLS = none
-TIMEOUT = 10
-ADMIN_USER = {directory.slapd.root_dn}
-PASSWORD_FILE = {password}
-SERVICE_SUBTREE = {SERVICE_DN}
-STONEY_CLOUD_WIDE_CONFIGURATION = ou=backup,ou=configuration,{SERVICE_DN}
-COOKIE_FILE = {state}/syncrepl.cookie
-
-[Operation Mode]
-SLEEP = {sleep}
-ATTEMPTS = {attempts}
-
-[Hypervisor]
-LIBVIRT_URI = {libvirtd.uri}
-
-[Daemon]
-MAX_CONCURRENT_STEPS = {max_steps}
-STATE_DIRECTORY = {state}
-""")
-    return path
+    return write_daemon_config(path, port=port or directory.slapd.port,
+                               root_dn=directory.slapd.root_dn, password=password,
+                               libvirt_uri=libvirtd.uri, state=state, sleep=sleep,
+                               attempts=attempts, max_steps=max_steps)
 
 
 class NotifySocket:
